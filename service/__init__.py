@@ -1,0 +1,1 @@
+"""The TuneFleet API process: owns every write to the database."""

@@ -1,0 +1,71 @@
+"""TuneFleet's own tables.
+
+Every table is prefixed ``tf_``: Optuna owns ``studies``, ``trials`` and the rest
+of the unprefixed names in the same database, and its own ``alembic_version``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from migrations import TABLE_PREFIX  # noqa: F401 - re-exported
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: sa.DateTime(timezone=True)}
+
+
+STUDY_STATES = ("running", "paused", "stopped", "completed")
+TOKEN_SCOPES = ("admin", "user", "worker")
+
+
+class StudyRecord(Base):
+    """A study as TuneFleet knows it: its owner, spec and state; Optuna keeps the trials."""
+
+    __tablename__ = "tf_studies"
+    __table_args__ = (
+        sa.UniqueConstraint("owner", "name", name="uq_tf_studies_owner_name"),
+        sa.CheckConstraint(f"state IN {STUDY_STATES!r}", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    spec: Mapped[dict] = mapped_column(sa.JSON)
+    state: Mapped[str] = mapped_column(sa.String(16), default="running")
+    priority: Mapped[int] = mapped_column(default=0)
+    optuna_study_name: Mapped[str] = mapped_column(sa.String(512), unique=True)
+    optuna_study_id: Mapped[int | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token, stored as its keyed hash only."""
+
+    __tablename__ = "tf_api_tokens"
+    __table_args__ = (sa.CheckConstraint(f"scope IN {TOKEN_SCOPES!r}", name="scope"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    scope: Mapped[str] = mapped_column(sa.String(16))
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)

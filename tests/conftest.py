@@ -1,0 +1,201 @@
+"""Fixtures shared by every test: real PostgreSQL databases and real API processes.
+
+Each test run creates its own databases on the PostgreSQL at
+TUNEFLEET_TEST_PG_URL (default: the local server) and drops them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get(
+    "TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RUN_TAG = uuid.uuid4().hex[:8]
+
+
+def _admin_engine() -> sa.Engine:
+    return sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+def create_database(prefix: str = "tf_test") -> str:
+    """A new empty PostgreSQL database for this run; returns its URL."""
+    name = f"{prefix}_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    name = make_url(url).database
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (not migrated)."""
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def migrated_pg_url(pg_url: str) -> str:
+    """A fresh PostgreSQL database with Optuna's and TuneFleet's schema."""
+    from service.migrate import migrate
+
+    migrate(pg_url)
+    return pg_url
+
+
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """One migrated database shared by the tests of a module (they must not interfere)."""
+    from service.migrate import migrate
+
+    url = create_database()
+    migrate(url)
+    yield url
+    drop_database(url)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**settings: object) -> dict[str, str]:
+    """The environment of a child process: ours, the repo importable, TUNEFLEET_* overrides."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    for key, value in settings.items():
+        env[f"TUNEFLEET_{key.upper()}"] = str(value)
+    return env
+
+
+def wait_for_http(url: str, *, timeout_s: float = 30.0, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            return httpx.get(url, timeout=2.0)
+        except httpx.HTTPError as error:
+            last = error
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s: {last}")
+
+
+@dataclass
+class ApiServer:
+    """A real `tunefleet serve` process on a free port."""
+
+    url: str
+    database_url: str
+    proc: subprocess.Popen
+    log_path: Path
+    settings: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_api_server(database_url: str, tmp_dir: Path, **settings: object) -> ApiServer:
+    port = free_port()
+    settings = {"data_dir": tmp_dir, "database_url": database_url, **settings}
+    log_path = tmp_dir / f"api-{port}.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - the child process owns it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=subprocess_env(**settings),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", proc=proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError(f"API did not start:\n{log_path.read_text()}") from None
+    return ApiServer(url=url, database_url=database_url, proc=proc, log_path=log_path,
+                     settings=settings)
+
+
+@pytest.fixture
+def api_server_factory(tmp_path: Path) -> Iterator[Callable[..., ApiServer]]:
+    """Start real API processes: factory(database_url, **settings); stopped at teardown."""
+    servers: list[ApiServer] = []
+
+    def factory(database_url: str, **settings: object) -> ApiServer:
+        server = start_api_server(database_url, tmp_path, **settings)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api_server(migrated_pg_url: str, api_server_factory) -> ApiServer:
+    """A real API process on a fresh migrated PostgreSQL database."""
+    return api_server_factory(migrated_pg_url)
+
+
+def create_token(database_url: str, *, scope: str, owner: str) -> str:
+    """A token made the way `tunefleet token create` makes it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tunefleet", "token", "create", "--scope", scope, "--owner", owner],
+        env=subprocess_env(database_url=database_url),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_leftover_databases() -> Iterator[None]:
+    yield
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        names = conn.execute(
+            sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+            {"p": f"%\\_{RUN_TAG}\\_%"},
+        ).scalars().all()
+        for name in names:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()

@@ -1,0 +1,51 @@
+"""The command line: help, and readable errors for bad settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT, free_port, subprocess_env
+
+
+def run_cli(*args: str, **settings: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tunefleet", *args],
+        env=subprocess_env(**settings),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("migrate", "serve", "worker", "demo", "token"):
+        assert command in result.stdout
+
+
+def test_unknown_database_scheme_is_one_line_naming_the_setting():
+    result = run_cli("migrate", database_url="mysql://root@localhost/x")
+    assert result.returncode != 0
+    assert "TUNEFLEET_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_database_is_one_line_naming_the_setting(tmp_path):
+    url = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/nothing"
+    result = run_cli("migrate", database_url=url, data_dir=tmp_path)
+    assert result.returncode != 0
+    assert "TUNEFLEET_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr  # the password is never printed
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_numeric_setting_names_the_variable(tmp_path):
+    result = run_cli("migrate", grace_period_s="soon", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "TUNEFLEET_GRACE_PERIOD_S" in result.stderr
+    assert "Traceback" not in result.stderr

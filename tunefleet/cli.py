@@ -1,0 +1,153 @@
+"""The `tunefleet` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="tunefleet",
+    help="Hyperparameter search for transfer learning: the API, the workers and the demo.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+err = Console(stderr=True, soft_wrap=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Database URL; default TUNEFLEET_DATABASE_URL, else SQLite in ~/.tunefleet.",
+        show_default=False,
+    ),
+]
+
+
+class CliError(Exception):
+    """A failure the user can fix; printed as one line, exit code 1."""
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def _service_settings(**overrides):
+    from service.config import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def migrate(database_url: DatabaseUrl = None) -> None:
+    """Create or upgrade Optuna's schema and TuneFleet's tables (idempotent, safe concurrently)."""
+    from service.migrate import migrate as run_migrate
+
+    settings = _service_settings(database_url=database_url)
+    settings.ensure_dirs()
+    revision = run_migrate(settings.database_url)
+    from service.db import redact_url
+
+    err.print(f"database {redact_url(settings.database_url)} is at revision {revision}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [TUNEFLEET_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [TUNEFLEET_PORT].")] = None,
+    workers: Annotated[int, typer.Option(help="API processes (uvicorn workers).")] = 1,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Serve the REST API (uvicorn). Run `tunefleet migrate` first."""
+    import os
+
+    import uvicorn
+
+    settings = _service_settings(host=host, port=port, database_url=database_url)
+    settings.ensure_dirs()
+    # The app factory reads the environment, also in uvicorn's worker processes.
+    os.environ["TUNEFLEET_DATABASE_URL"] = settings.database_url
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(
+    service: Annotated[str, typer.Option(help="URL of the TuneFleet API.")] = "",
+    token: Annotated[str, typer.Option(help="A worker-scope token.")] = "",
+    device: Annotated[str | None, typer.Option(help="cuda:N or cpu; default auto.")] = None,
+) -> None:
+    """Run one worker: lease trials, fine-tune, report. One process per GPU."""
+    fail("the worker is not available in this build yet")
+
+
+@app.command()
+def demo() -> None:
+    """Run the built-in demo study end to end on the embedded database."""
+    fail("the demo is not available in this build yet")
+
+
+@token_app.command("create")
+def token_create(
+    scope: Annotated[str, typer.Option(help="admin, user or worker.")],
+    owner: Annotated[str, typer.Option(help="Who the token acts for.")],
+    value: Annotated[
+        str | None,
+        typer.Option(help="Register this token instead of generating one (for deployments)."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a token; it is printed alone on the last line, and stored only as a hash."""
+    from service import auth
+    from service.db import make_engine, session_scope
+
+    if scope not in ("admin", "user", "worker"):
+        fail(f"--scope must be admin, user or worker, not {scope!r}")
+    settings = _service_settings(database_url=database_url)
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        with session_scope(engine) as session:
+            token = auth.create_token(
+                session, scope=scope, owner=owner, value=value, secret=settings.token_secret
+            )
+    finally:
+        engine.dispose()
+    err.print(f"created a {scope} token for {owner}; keep it secret, it is not shown again")
+    print(token)
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one line and a non-zero exit."""
+    from service.config import SettingsError
+    from service.errors import TuneFleetError
+
+    try:
+        app()
+    except CliError as error:
+        err.print(f"[red]error:[/red] {error}")
+        sys.exit(1)
+    except SettingsError as error:
+        err.print(f"[red]error:[/red] bad setting: {error}")
+        sys.exit(2)
+    except TuneFleetError as error:
+        err.print(f"[red]error:[/red] {error.message}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
