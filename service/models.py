@@ -69,3 +69,38 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+LEASE_STATES = ("active", "completed", "pruned", "failed", "released", "expired")
+
+
+class Lease(Base):
+    """A trial handed to a worker. Alive from the moment it is handed out until its
+    heartbeats stop for the grace period; one row per Optuna trial, so two workers
+    can never hold the same trial."""
+
+    __tablename__ = "tf_leases"
+    __table_args__ = (
+        sa.CheckConstraint(f"state IN {LEASE_STATES!r}", name="state"),
+        sa.Index("ix_tf_leases_state_expires_at", "state", "expires_at"),
+        sa.Index("ix_tf_leases_worker_id_state", "worker_id", "state"),
+    )
+
+    # Optuna's trial id: what the worker protocol's trial calls take.
+    trial_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    study_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("tf_studies.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column()
+    worker_id: Mapped[str] = mapped_column(sa.String(200))
+    device: Mapped[str] = mapped_column(sa.String(64))
+    # active -> completed | pruned | failed (reported) | released (handed back) | expired (reaped)
+    state: Mapped[str] = mapped_column(sa.String(16), default="active")
+    leased_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    progress: Mapped[dict | None] = mapped_column(sa.JSON, default=None)
+    # What the lease ended with (values, reason, retry), so that a repeated call
+    # is answered the same way and a different one is a conflict.
+    outcome: Mapped[dict | None] = mapped_column(sa.JSON, default=None)

@@ -1,0 +1,131 @@
+"""The worker protocol: what a worker sends to the service and what it gets back.
+
+Both sides import these models; the workers never import ``service/``. Every
+call after the lease names the trial by ``trial_id`` in the path.
+
+    POST /api/v1/leases                         LeaseRequest    -> 201 Assignment | 204
+    POST /api/v1/trials/{trial_id}/heartbeat    Heartbeat       -> HeartbeatAck
+    POST /api/v1/trials/{trial_id}/intermediate IntermediateReport -> PruneDecision
+    POST /api/v1/trials/{trial_id}/complete     TrialCompletion -> TrialOutcome
+    POST /api/v1/trials/{trial_id}/fail         TrialFailure    -> TrialOutcome
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "API_PREFIX",
+    "WORKER_INTERRUPTED",
+    "Assignment",
+    "Heartbeat",
+    "HeartbeatAck",
+    "IntermediateReport",
+    "LeaseRequest",
+    "Progress",
+    "PruneDecision",
+    "TrialCompletion",
+    "TrialFailure",
+    "TrialOutcome",
+]
+
+API_PREFIX = "/api/v1"
+
+# The reason a worker gives when it lets go of a trial it did not finish
+# (second signal, or the service told it to stop); the service re-queues it.
+WORKER_INTERRUPTED = "worker interrupted"
+
+_ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+-]+$")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeaseRequest(_Message):
+    """Give me a trial of any running study."""
+
+    worker_id: str = _ID
+    device: str = Field(default="cpu", min_length=1, max_length=64)
+
+
+class Assignment(BaseModel):
+    """A leased trial: what to train, with which parameters, until when."""
+
+    trial_id: int = Field(description="Optuna's trial id; the trial calls take it.")
+    study_id: int = Field(description="TuneFleet's study id, as the user API shows it.")
+    number: int = Field(description="The trial's number within its study.")
+    params: dict[str, Any]
+    spec: dict[str, Any] = Field(description="The study spec (JSON) the trial belongs to.")
+    lease_expires_at: datetime
+    heartbeat_interval_s: float = Field(
+        default=10.0, description="How often the service expects a heartbeat."
+    )
+
+
+class Progress(_Message):
+    epoch: int = Field(ge=0)
+    total_epochs: int | None = Field(default=None, ge=0)
+
+
+class Heartbeat(_Message):
+    """I am alive; extends the lease. May say how far the trial got."""
+
+    progress: Progress | None = None
+
+
+class HeartbeatAck(BaseModel):
+    stop: bool = Field(
+        description="Abandon the trial: the study was paused or stopped, or the lease is gone."
+    )
+    reason: str | None = Field(default=None, description="Why stop, when stop is true.")
+    lease_expires_at: datetime | None = None
+
+
+class IntermediateReport(_Message):
+    step: int = Field(ge=0, le=1_000_000)
+    value: float
+
+
+class PruneDecision(BaseModel):
+    prune: bool = Field(
+        description="The pruner stopped the trial; it is now PRUNED and needs no complete."
+    )
+
+
+class TrialCompletion(_Message):
+    """The final values, one per objective of the spec, by metric name."""
+
+    values: dict[str, float] = Field(min_length=1, max_length=3)
+    attrs: dict[str, Any] = Field(default_factory=dict, max_length=200)
+    artifact: str | None = Field(default=None, max_length=2048)
+
+
+class TrialFailure(_Message):
+    reason: str = Field(min_length=1, max_length=2000)
+    requeue: bool | None = Field(
+        default=None,
+        description="Run these parameters again (within the spec's max_retries). "
+        f"Unset: only when the reason is {WORKER_INTERRUPTED!r}.",
+    )
+
+    def wants_requeue(self) -> bool:
+        if self.requeue is not None:
+            return self.requeue
+        return self.reason == WORKER_INTERRUPTED
+
+
+class TrialOutcome(BaseModel):
+    """Where a trial ended up after complete or fail."""
+
+    trial_id: int
+    number: int
+    state: Literal["COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"]
+    values: dict[str, float] | None = None
+    reason: str | None = None
+    retry_trial_id: int | None = Field(
+        default=None, description="The WAITING trial that re-runs these parameters, if any."
+    )
