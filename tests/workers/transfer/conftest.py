@@ -1,0 +1,61 @@
+"""Fixtures of the trial engine's tests: one model cache per session, small specs."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the built-in source model is pretrained once for the whole session."""
+    return tmp_path_factory.mktemp("transfer-cache")
+
+
+@pytest.fixture
+def artifact_dir(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+def _assignment(params: dict | None = None, **spec: object) -> dict:
+    base = {
+        "name": "digits-transfer",
+        "source_model": "builtin:digits-cnn",
+        "dataset": "builtin:digits-5to9",
+        "objectives": [{"metric": "accuracy", "direction": "maximize"}],
+        "budget": {"epochs": 3},
+        "seed": 0,
+    }
+    base.update(spec)
+    number = next(_numbers)
+    return {
+        "trial_id": 1000 + number,
+        "study_id": 7,
+        "number": number,
+        "params": params or {},
+        "spec": base,
+        "lease_expires_at": None,
+    }
+
+
+@pytest.fixture(scope="session")
+def make_assignment() -> Callable[..., dict]:
+    """assignment(params, **spec): as the worker loop hands it over, on the digits study."""
+    return _assignment
+
+
+@pytest.fixture
+def reports() -> tuple[list[tuple[int, float]], Callable[[int, float], bool]]:
+    """A report callback that records (epoch, val_accuracy) and never prunes."""
+    seen: list[tuple[int, float]] = []
+
+    def report(epoch: int, value: float) -> bool:
+        seen.append((epoch, value))
+        return False
+
+    return seen, report

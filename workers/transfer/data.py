@@ -1,0 +1,299 @@
+"""Target datasets by URI, held in memory with fixed train/validation/test splits.
+
+Images are kept at the dataset's own resolution as pixel values in [0, 1]
+(uint8 for image folders, float32 for the built-in digits); the model's
+input adapter resizes and normalises them. Perturbations for the robustness
+suite therefore act in pixel space.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workers.transfer.errors import DatasetError
+
+# Statistics of sklearn's digits scaled to [0, 1]: the built-in model's normalisation.
+DIGITS_MEAN = 0.3050
+DIGITS_STD = 0.3763
+SPLIT_SEED = 0
+VAL_FRACTION = 0.2
+TEST_FRACTION = 0.2
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BUILTIN_DATASETS = {
+    "builtin:digits-5to9": (5, 6, 7, 8, 9),
+    "builtin:digits-0to4": (0, 1, 2, 3, 4),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a source model expects: channels, square size, normalisation."""
+
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N, C, H, W) in [0, 1] (uint8 scaled by 255, or float32) and int64 labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    uri: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    fingerprint: str  # changes when the files change; part of the feature cache key
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Pixel values in [0, 1] as float32, whichever way they are stored."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+@functools.cache
+def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """All of scikit-learn's digits as (N, 1, 8, 8) float32 in [0, 1] and labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    return images, torch.tensor(digits.target, dtype=torch.int64)
+
+
+def stratified_split(
+    labels: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train, validation and test, per class, from a fixed seed."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        # At least one image of each class in a split that is asked for at all.
+        n_val = max(1, round(len(idx) * val_fraction)) if val_fraction > 0 else 0
+        n_test = max(1, round(len(idx) * test_fraction)) if test_fraction > 0 else 0
+        parts[1].extend(idx[:n_val])
+        parts[2].extend(idx[n_val : n_val + n_test])
+        parts[0].extend(idx[n_val + n_test :])
+    return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
+
+
+_DATASETS: dict[tuple, Dataset] = {}
+_LOCK = threading.Lock()
+
+
+def load_dataset(uri: str, input_spec: InputSpec) -> Dataset:
+    """The dataset named by `uri`, loaded once per process (per input size for folders)."""
+    if not isinstance(uri, str) or ":" not in uri:
+        raise DatasetError(
+            f"dataset {uri!r} is not a URI; use builtin:digits-5to9 or imagefolder:<path>"
+        )
+    scheme, _, rest = uri.partition(":")
+    if scheme == "builtin":
+        key: tuple = (uri,)
+    elif scheme == "imagefolder":
+        root = Path(rest).expanduser()
+        key = (uri, input_spec.channels, input_spec.size, _folder_fingerprint(root, uri))
+    else:
+        raise DatasetError(
+            f"unknown dataset scheme {scheme!r} in {uri!r}; use builtin:digits-5to9 "
+            "or imagefolder:<path>"
+        )
+    with _LOCK:
+        if key not in _DATASETS:
+            if scheme == "builtin":
+                _DATASETS[key] = _load_builtin(uri)
+            else:
+                _DATASETS[key] = _load_imagefolder(uri, Path(rest).expanduser(), input_spec)
+        return _DATASETS[key]
+
+
+def _load_builtin(uri: str) -> Dataset:
+    if uri not in BUILTIN_DATASETS:
+        raise DatasetError(
+            f"unknown built-in dataset {uri!r}; the built-in ones are "
+            + ", ".join(sorted(BUILTIN_DATASETS))
+        )
+    digits = BUILTIN_DATASETS[uri]
+    images, labels = digits_arrays()
+    keep = torch.isin(labels, torch.tensor(digits))
+    x, original = images[keep], labels[keep]
+    y = torch.searchsorted(torch.tensor(digits), original)  # relabel to 0..4
+    train, val, test = stratified_split(
+        y.numpy(), val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION
+    )
+    return Dataset(
+        uri=uri,
+        classes=tuple(str(d) for d in digits),
+        train=Split(x[train], y[train]),
+        val=Split(x[val], y[val]),
+        test=Split(x[test], y[test]),
+        fingerprint=uri,
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _class_folders(root: Path, uri: str) -> dict[str, list[Path]]:
+    if not root.is_dir():
+        raise DatasetError(f"{uri}: {root} is not a directory on this worker")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = {p.name: _image_files(p) for p in folders}
+    if not classes:
+        raise DatasetError(
+            f"{uri}: {root} has no class folders; put the images of each class in "
+            "<root>/<class name>/ (or <root>/train/<class name>/ ...)"
+        )
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise DatasetError(
+            f"{uri}: class folder(s) {', '.join(empty)} in {root} hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folders"
+        )
+    return classes
+
+
+def _folder_fingerprint(root: Path, uri: str) -> str:
+    if not root.is_dir():
+        raise DatasetError(f"{uri}: {root} is not a directory on this worker")
+    digest = hashlib.sha256()
+    for path in _image_files(root):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _load_imagefolder(uri: str, root: Path, spec: InputSpec) -> Dataset:
+    """<root>/<class>/* split here, or <root>/{train,val,test}/<class>/* as given."""
+    if (root / "train").is_dir():
+        train = _class_folders(root / "train", uri)
+        given = {
+            name: _class_folders(root / alias, uri)
+            for name, aliases in (("val", ("val", "validation")), ("test", ("test",)))
+            for alias in aliases
+            if (root / alias).is_dir()
+        }
+        for name, folders in given.items():
+            if set(folders) != set(train):
+                raise DatasetError(
+                    f"{uri}: the classes of {name}/ ({sorted(folders)}) differ from those of "
+                    f"train/ ({sorted(train)}); every split needs the same class folders"
+                )
+        classes = tuple(sorted(train))
+        splits = {"train": _files_and_labels(train, classes)}
+        for name, folders in given.items():
+            splits[name] = _files_and_labels(folders, classes)
+        missing = [name for name in ("val", "test") if name not in splits]
+        if missing:
+            # Carve the missing splits out of train/, per class, with the fixed seed.
+            files, labels = splits["train"]
+            _check_class_sizes(uri, classes, labels, need=1 + len(missing))
+            tr, va, te = stratified_split(
+                labels,
+                val_fraction=VAL_FRACTION if "val" in missing else 0.0,
+                test_fraction=TEST_FRACTION if "test" in missing else 0.0,
+            )
+            carved = {"val": va, "test": te}
+            for name in missing:
+                splits[name] = ([files[i] for i in carved[name]], labels[carved[name]])
+            splits["train"] = ([files[i] for i in tr], labels[tr])
+    else:
+        folders = _class_folders(root, uri)
+        classes = tuple(sorted(folders))
+        files, labels = _files_and_labels(folders, classes)
+        _check_class_sizes(uri, classes, labels, need=3)
+        tr, va, te = stratified_split(
+            labels, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION
+        )
+        splits = {
+            name: ([files[i] for i in idx], labels[idx])
+            for name, idx in (("train", tr), ("val", va), ("test", te))
+        }
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{uri}: found one class ({classes[0]}); classification needs at least two "
+            "class folders"
+        )
+    loaded = {
+        name: _read_images(uri, files, labels, spec) for name, (files, labels) in splits.items()
+    }
+    return Dataset(
+        uri=uri,
+        classes=classes,
+        train=loaded["train"],
+        val=loaded["val"],
+        test=loaded["test"],
+        fingerprint=f"{uri}#{_folder_fingerprint(root, uri)}",
+    )
+
+
+def _files_and_labels(
+    folders: dict[str, list[Path]], classes: tuple[str, ...]
+) -> tuple[list[Path], np.ndarray]:
+    files = [f for name in classes for f in folders[name]]
+    labels = np.asarray([i for i, name in enumerate(classes) for _ in folders[name]])
+    return files, labels
+
+
+def _check_class_sizes(uri: str, classes: tuple[str, ...], labels: np.ndarray, need: int) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    small = [f"{classes[i]} ({c})" for i, c in enumerate(counts) if c < need]
+    if small:
+        raise DatasetError(
+            f"{uri}: class(es) {', '.join(small)} have fewer than {need} images; each class "
+            "needs at least one image in every split (add images, or provide train/, val/ "
+            "and test/ folders)"
+        )
+
+
+def _read_images(uri: str, files: list[Path], labels: np.ndarray, spec: InputSpec) -> Split:
+    """Decode, resize (shorter side) and centre-crop to the model's input size, as uint8."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import v2
+
+    mode = "L" if spec.channels == 1 else "RGB"
+    resize = v2.Compose([v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size)])
+    out = torch.empty((len(files), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert(mode), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(
+                f"{uri}: cannot decode {path} ({exc}); remove or replace the file"
+            ) from exc
+        tensor = torch.from_numpy(array.copy())
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        out[i] = resize(tensor)
+    return Split(out, torch.as_tensor(labels, dtype=torch.int64))

@@ -1,0 +1,147 @@
+"""The transferred model: input adapter, source backbone in stages, new head.
+
+A backbone is a sequence of stages (stem, blocks, ...) followed by `post`
+(pooling and whatever sits between the last block and the old classifier).
+`unfreeze_blocks = k` trains the last k stages (and `post`); the frozen ones
+keep their batch-norm statistics (they stay in eval mode even in `train()`),
+so their output does not depend on the trial and can be cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from workers.transfer.data import InputSpec
+from workers.transfer.errors import ParamError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "mish": nn.Mish,
+    "hardswish": nn.Hardswish,
+}
+
+
+class InputAdapter(nn.Module):
+    """Pixels in [0, 1] -> the source model's channels, size and normalisation."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__()
+        self.channels = spec.channels
+        self.size = spec.size
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            if x.shape[1] == 1:
+                x = x.expand(-1, self.channels, -1, -1)
+            elif self.channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            else:
+                raise ParamError(
+                    f"images have {x.shape[1]} channels and the model takes {self.channels}"
+                )
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def build_head(
+    in_features: int,
+    num_classes: int,
+    *,
+    depth: int,
+    width: int,
+    dropout: float,
+    activation: str,
+) -> nn.Sequential:
+    """`depth` linear layers (dropout before each), the activation between them."""
+    if activation not in ACTIVATIONS:
+        raise ParamError(
+            f"activation {activation!r} is unknown; choose one of {', '.join(ACTIVATIONS)}"
+        )
+    if depth < 1 or width < 1 or not 0.0 <= dropout < 1.0:
+        raise ParamError(
+            f"head_depth={depth}, head_width={width}, dropout={dropout}: need head_depth >= 1, "
+            "head_width >= 1 and 0 <= dropout < 1"
+        )
+    layers: list[nn.Module] = []
+    features = in_features
+    for _ in range(depth - 1):
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(features, width), ACTIVATIONS[activation]()]
+        features = width
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+class TransferModel(nn.Module):
+    """adapter -> stages -> post -> head; the first `cut` trunk modules are frozen."""
+
+    def __init__(
+        self,
+        adapter: InputAdapter,
+        stages: list[nn.Module],
+        post: nn.Module,
+        head: nn.Module,
+        *,
+        unfreeze_blocks: int,
+    ) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.stages = nn.ModuleList(stages)
+        self.post = post
+        self.head = head
+        k = max(0, min(int(unfreeze_blocks), len(stages)))
+        self.unfrozen_stages = k
+        # The trunk is stages + [post]; post trains with the last stage.
+        self.cut = len(stages) - k if k > 0 else len(stages) + 1
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+        self.train()
+
+    def trunk(self) -> list[nn.Module]:
+        return [*self.stages, self.post]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.adapter, *self.trunk()[: self.cut]]
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()  # frozen batch norm keeps its running statistics
+        return self
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen part, which does not change during training."""
+        x = self.adapter(x)
+        for module in self.trunk()[: self.cut]:
+            x = module(x)
+        return x
+
+    def forward_from_frozen(self, h: torch.Tensor) -> torch.Tensor:
+        for module in self.trunk()[self.cut :]:
+            h = module(h)
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from_frozen(self.frozen_features(x))
+
+    def backbone_trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Unfrozen backbone parameters: the ones L2-SP pulls towards their start."""
+        for name, param in self.named_parameters():
+            if param.requires_grad and not name.startswith("head."):
+                yield name, param

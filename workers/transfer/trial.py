@@ -1,0 +1,288 @@
+"""One trial end to end: load, transfer, fine-tune, score, save the artifact."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.transfer.compress import Compression, compress, count_params, latency_ms, size_mb
+from workers.transfer.data import Dataset, load_dataset, to_float
+from workers.transfer.errors import ParamError
+from workers.transfer.features import FEATURES, FeatureCache
+from workers.transfer.models import ACTIVATIONS, InputAdapter, TransferModel, build_head
+from workers.transfer.robustness import RobustnessSuite, robust_accuracy
+from workers.transfer.sources import SourceModel, load_source_model
+from workers.transfer.train import FitResult, Report, TrainConfig, accuracy, fine_tune
+from workers.transfer.weights import save_weights
+
+# Engine defaults of the known hyperparameters (docs/CONTRACT.md).
+DEFAULT_PARAMS: dict[str, Any] = {
+    "lr": 1e-3,
+    "activation": "relu",
+    "head_depth": 1,
+    "head_width": 128,
+    "dropout": 0.0,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "unfreeze_blocks": 0,
+    "l2sp_alpha": 0.0,
+    "augment_strength": 0.0,
+    "label_smoothing": 0.0,
+    "optimizer": "adam",
+}
+_KINDS = {
+    "lr": float,
+    "head_depth": int,
+    "head_width": int,
+    "dropout": float,
+    "weight_decay": float,
+    "batch_size": int,
+    "unfreeze_blocks": int,
+    "l2sp_alpha": float,
+    "augment_strength": float,
+    "label_smoothing": float,
+    "activation": str,
+    "optimizer": str,
+}
+METRICS = ("accuracy", "robustness", "latency_ms", "params", "size_mb")
+DEFAULT_EPOCHS = 10
+
+
+@dataclass
+class TrialResult:
+    values: dict[str, float]  # one per objective metric of the spec
+    attrs: dict[str, Any] = field(default_factory=dict)  # JSON: components, timings, ...
+    artifact: str | None = None  # path of the fine-tuned model (safetensors)
+
+
+def resolve_params(params: dict | None, fixed: dict | None) -> dict[str, Any]:
+    """Sampled params over the spec's fixed ones over the engine defaults, typed."""
+    merged = {**DEFAULT_PARAMS, **(fixed or {}), **(params or {})}
+    unknown = sorted(set(merged) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ParamError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_PARAMS)}"
+        )
+    try:
+        typed = {name: _KINDS[name](value) for name, value in merged.items()}
+    except (TypeError, ValueError) as exc:
+        raise ParamError(f"a hyperparameter has the wrong type: {exc}") from exc
+    for name in ("head_depth", "head_width", "batch_size", "unfreeze_blocks"):
+        if float(merged[name]) != typed[name]:
+            raise ParamError(f"{name}={merged[name]!r} must be a whole number")
+    if typed["unfreeze_blocks"] < 0:
+        raise ParamError("unfreeze_blocks must be >= 0")
+    if typed["activation"] not in ACTIVATIONS:
+        raise ParamError(
+            f"activation {typed['activation']!r} is unknown; choose one of {', '.join(ACTIVATIONS)}"
+        )
+    return typed
+
+
+def _objectives(spec: dict) -> list[str]:
+    objectives = spec.get("objectives") or [{"metric": "accuracy"}]
+    metrics = [o["metric"] if isinstance(o, dict) else str(o) for o in objectives]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ParamError(f"unknown metric(s) {unknown}; use {', '.join(METRICS)}")
+    return metrics
+
+
+def build_model(source: SourceModel, data: Dataset, params: dict[str, Any]) -> TransferModel:
+    """Backbone copy, new head with the sampled shape, freezing per unfreeze_blocks."""
+    stages, post = source.backbone()
+    head = build_head(
+        source.feature_dim,
+        data.num_classes,
+        depth=params["head_depth"],
+        width=params["head_width"],
+        dropout=params["dropout"],
+        activation=params["activation"],
+    )
+    return TransferModel(
+        InputAdapter(source.input_spec),
+        stages,
+        post,
+        head,
+        unfreeze_blocks=params["unfreeze_blocks"],
+    )
+
+
+def run_trial(
+    assignment: dict,
+    report: Report,
+    *,
+    device: str = "cpu",
+    cache_dir: Path,
+    artifact_dir: Path,
+    feature_cache: FeatureCache | None = FEATURES,
+) -> TrialResult:
+    """Fine-tune and score one trial of the assignment's study.
+
+    Raises TrialPruned when `report(epoch, val_accuracy)` returns True, and a
+    TransferError subclass (with what to fix) for a bad spec, file or dataset.
+    Pass feature_cache=None to recompute frozen features in every batch.
+    """
+    started = time.perf_counter()
+    spec = assignment.get("spec") or {}
+    number = int(assignment.get("number", 0))
+    metrics = _objectives(spec)
+    params = resolve_params(assignment.get("params"), spec.get("fixed_params"))
+    budget = spec.get("budget") or {}
+    cfg = TrainConfig(
+        lr=params["lr"],
+        optimizer=params["optimizer"],
+        weight_decay=params["weight_decay"],
+        batch_size=params["batch_size"],
+        epochs=int(budget.get("epochs", DEFAULT_EPOCHS)),
+        l2sp_alpha=params["l2sp_alpha"],
+        label_smoothing=params["label_smoothing"],
+        augment_strength=params["augment_strength"],
+        seed=int(spec.get("seed", 0) or 0) + number,
+        device=str(device),
+    )
+    cfg.validate()
+    suite = RobustnessSuite.from_spec(spec.get("robustness"))
+    if "robustness" in metrics and not suite.component_names():
+        raise ParamError("the robustness objective needs at least one perturbation in robustness")
+    compression = Compression.from_spec(spec.get("compression"))
+
+    source = load_source_model(
+        spec.get("source_model", "builtin:digits-cnn"),
+        weights=spec.get("source_weights"),
+        cache_dir=Path(cache_dir),
+    )
+    data = load_dataset(spec.get("dataset", "builtin:digits-5to9"), source.input_spec)
+    loaded = time.perf_counter()
+
+    torch.manual_seed(cfg.seed)  # head initialisation and dropout
+    model = build_model(source, data, params)
+    fit = fine_tune(
+        model,
+        data,
+        cfg,
+        report,
+        feature_cache=feature_cache,
+        cache_key=(source.content_hash, data.fingerprint),
+    )
+
+    scored = time.perf_counter()
+    values: dict[str, float] = {}
+    attrs: dict[str, Any] = {}
+    values["accuracy"] = accuracy(model, data.test, cfg.device)
+    if "robustness" in metrics or spec.get("robustness"):
+        mean, components = robust_accuracy(
+            model, data.test, suite, device=cfg.device, seed=cfg.seed
+        )
+        values["robustness"] = mean
+        attrs.update({f"robustness/{name}": acc for name, acc in components.items()})
+    attrs.update(_cost_metrics(model, data, compression, cfg.device, "latency_ms" in metrics))
+    values.update({k: attrs.pop(k) for k in ("params", "size_mb", "latency_ms") if k in attrs})
+    finished = time.perf_counter()
+
+    attrs.update(_fit_attrs(fit, source, data, model))
+    attrs.update(
+        {
+            "time/load_s": loaded - started,
+            "time/train_s": fit.train_s,
+            "time/score_s": finished - scored,
+            "time/total_s": finished - started,
+            "device": str(device),
+        }
+    )
+    artifact = save_artifact(
+        model,
+        Path(artifact_dir) / str(assignment.get("study_id", "local")) / str(number),
+        config={
+            "source_model": source.uri,
+            "source_arch": source.arch,
+            "source_hash": source.content_hash,
+            "source_weights": spec.get("source_weights"),
+            "dataset": data.uri,
+            "classes": list(data.classes),
+            "input": asdict(source.input_spec),
+            "params": params,
+            "train": asdict(cfg),
+            "trial_id": assignment.get("trial_id"),
+            "study_id": assignment.get("study_id"),
+            "number": number,
+        },
+        scores={**values, **{k: v for k, v in attrs.items() if k.startswith("robustness/")}},
+    )
+    for name in ("accuracy", "robustness", "params", "size_mb", "latency_ms"):
+        if name in values and name not in metrics:
+            attrs[name] = values.pop(name)  # computed anyway; shown, not optimised
+    return TrialResult(
+        values={m: float(values[m]) for m in metrics}, attrs=attrs, artifact=artifact
+    )
+
+
+def _cost_metrics(
+    model: TransferModel, data: Dataset, compression: Compression, device: str, timed: bool
+) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)
+    }
+    example = to_float(data.test.x[:1])
+    measured = model
+    latency_device = device
+    if compression.active:
+        measured = compress(model, compression)
+        latency_device = "cpu"  # int8 dynamic kernels run on the CPU
+        attrs["compression/accuracy"] = accuracy(measured, data.test, "cpu")
+        attrs["compression/quantize_int8"] = compression.quantize_int8
+        attrs["compression/prune_amount"] = compression.prune_amount
+        attrs["params_uncompressed"] = count_params(model)
+        attrs["size_mb_uncompressed"] = size_mb(model)
+    attrs["params"] = count_params(measured)
+    attrs["size_mb"] = size_mb(measured)
+    if timed:
+        attrs["latency_ms"] = latency_ms(measured, example, latency_device)
+        attrs["latency_device"] = latency_device
+    return attrs
+
+
+def _fit_attrs(fit: FitResult, source: SourceModel, data: Dataset, model: TransferModel) -> dict:
+    return {
+        "val_accuracy": fit.best_val_accuracy,
+        "val_history": fit.val_history,
+        "best_epoch": fit.best_epoch,
+        "epochs_ran": fit.epochs_ran,
+        "feature_cache": fit.feature_cache,
+        "precision": fit.precision,
+        "source_hash": source.content_hash,
+        "backbone_stages": source.num_stages,
+        "unfrozen_stages": model.unfrozen_stages,
+        "num_classes": data.num_classes,
+        "train_size": len(data.train),
+    }
+
+
+def save_artifact(model: TransferModel, directory: Path, *, config: dict, scores: dict) -> str:
+    """model.safetensors (config and scores in its metadata) and config.json beside it."""
+    path = directory / "model.safetensors"
+    save_weights(
+        path,
+        model.state_dict(),
+        {"arch": "tunefleet:transfer", "config": config, "scores": scores},
+    )
+    body = json.dumps({"config": config, "scores": scores}, indent=2, default=_json_default)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.json.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(body + "\n")
+    os.replace(tmp, directory / "config.json")
+    return str(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
