@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 import optuna
 from fastapi import FastAPI
 
-from service.api import health
+from service.api import health, studies, trials
 from service.api.handlers import install_error_handlers
+from service.api.requests import install_request_checks
 from service.config import Settings, load_settings
 from service.db import engine_kwargs, make_engine
+from service.metrics import install_metrics
 from tunefleet import __version__
 
 
@@ -55,5 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.storage = make_storage(settings)
     install_error_handlers(app)
+    install_request_checks(app, max_body_bytes=settings.max_body_bytes)
+    install_metrics(app)  # outermost: also counts the 413s of the body limit
     app.include_router(health.router)
+    app.include_router(studies.router)
+    app.include_router(trials.router)
     return app

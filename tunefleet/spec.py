@@ -55,6 +55,7 @@ __all__ = [
     "SearchParam",
     "SpecError",
     "StudySpec",
+    "clean_loc",
     "field_path",
     "grid_size",
     "grid_values",
@@ -199,23 +200,28 @@ _UNION_TAGS = {"float", "int", "categorical"} | {
 }
 
 
-def field_path(loc: Loc) -> str:
-    """`("body", "search_space", "lr", "float", "low")` -> `"search_space.lr.low"`.
+def clean_loc(loc: Loc) -> list[str | int]:
+    """`("body", "search_space", "lr", "float", "low")` -> `["search_space", "lr", "low"]`.
 
-    Drops the request part (`body`) and the tags pydantic inserts for
-    discriminated unions, so the path is the one a user edits in the spec.
+    Drops the request part (`body`, `query`) and the tags pydantic inserts for
+    discriminated unions, so the location is the one a user edits in the spec.
     """
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    out: list[str] = []
+    out: list[str | int] = []
     for i, part in enumerate(parts):
         parent = parts[i - 1] if i >= 1 else None
         grandparent = parts[i - 2] if i >= 2 else None
         is_tag = part in _UNION_TAGS and (parent in _UNION_FIELDS or grandparent == "search_space")
         if not is_tag:
-            out.append(str(part))
-    return ".".join(out)
+            out.append(part)
+    return out
+
+
+def field_path(loc: Loc) -> str:
+    """The dotted path of a pydantic error location: `search_space.lr.low`."""
+    return ".".join(str(part) for part in clean_loc(loc))
 
 
 def _invalid(message: str) -> PydanticCustomError:

@@ -1,0 +1,114 @@
+"""What every request goes through before a handler: a body size limit, and
+validation errors answered in the same shape as every other error."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.handlers import error_response
+from service.errors import PayloadTooLarge
+from tunefleet.spec import clean_loc
+
+__all__ = ["BodySizeLimit", "install_request_checks"]
+
+MAX_ERRORS_SHOWN = 20
+
+
+def validation_error_body(errors: list[dict]) -> dict:
+    """422 body: the first problem's path, every problem with its own path and message."""
+    problems = []
+    for error in errors[:MAX_ERRORS_SHOWN]:
+        loc = tuple(error.get("loc", ()))
+        path = clean_loc(loc) if loc[:1] == ("body",) else [*loc[:1], *clean_loc(loc[1:])]
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append({"path": path, "loc": ".".join(str(p) for p in path), "message": message})
+    summary = "; ".join(f"{p['loc'] or 'body'}: {p['message']}" for p in problems)
+    return {
+        "detail": {
+            "code": "invalid",
+            "message": summary or "invalid request",
+            "path": problems[0]["path"] if problems else None,
+            "errors": problems,
+        }
+    }
+
+
+async def _request_validation_error(_request: Request, error: RequestValidationError):
+    return JSONResponse(status_code=422, content=validation_error_body(list(error.errors())))
+
+
+async def _http_error(_request: Request, error: HTTPException):
+    """Routing answers (unknown path 404, wrong method 405, unreadable body 400) in our shape."""
+    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        status_code=error.status_code,
+        content={
+            "detail": {
+                "code": codes.get(error.status_code, "http_error"),
+                "message": str(error.detail),
+            }
+        },
+        headers=getattr(error, "headers", None),
+    )
+
+
+class BodySizeLimit:
+    """Answer 413 to a request body larger than `max_bytes`, before any handler reads it.
+
+    The body is read here (it is small by construction) and replayed to the app.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes")
+        )
+        await response(scope, receive, send)
+
+
+def install_request_checks(app: FastAPI, *, max_body_bytes: int) -> None:
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)

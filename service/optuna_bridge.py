@@ -1,0 +1,456 @@
+"""Everything the service asks of Optuna: the one module that touches it.
+
+Spec -> distributions, sampler and pruner; creating and deleting the Optuna
+study behind a TuneFleet study; summaries (counts per state, best trial,
+Pareto front); trial listing and enqueueing. Functions take the storage and
+keyword arguments; they raise `service.errors` types for what a user can cause.
+
+On RDBStorage, counts and pages are computed in SQL on Optuna's own tables
+(`trials`, `trial_values`) so that a summary or a page does not load every
+trial of a study; any other storage gets the generic (slower) path.
+
+Samplers are rebuilt from the spec for each Study object. A sampler with a
+fixed seed starts the same random stream every time it is built, so callers
+that ask for trials should keep one Study object per study and process
+(`load_optuna_study` gives a fresh one) when the spec sets a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import warnings
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._rdb import models as rdb
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState, create_trial
+from sqlalchemy.orm import Session, selectinload
+
+from service.errors import Conflict, InvalidSpec, NotFound
+from tunefleet import spec as specs
+from tunefleet.spec import StudySpec
+
+__all__ = [
+    "SPEC_ATTR",
+    "STUDY_ID_ATTR",
+    "TRIAL_STATES",
+    "TrialPage",
+    "best_trials",
+    "build_pruner",
+    "build_sampler",
+    "check_server_support",
+    "create_optuna_study",
+    "delete_optuna_study",
+    "distributions",
+    "enqueue_trial",
+    "finite_or_none",
+    "get_trial_by_number",
+    "list_trials",
+    "load_optuna_study",
+    "objective_index",
+    "trial_params",
+    "trial_state_counts",
+    "trial_state_totals",
+]
+
+log = logging.getLogger(__name__)
+
+SPEC_ATTR = "tunefleet_spec"
+STUDY_ID_ATTR = "tunefleet_study_id"
+TRIAL_STATES = {state.name.lower(): state for state in TrialState}
+"""Trial states as the API names them: running, waiting, complete, pruned, fail."""
+
+
+# --------------------------------------------------------------------------
+# Spec -> Optuna objects
+# --------------------------------------------------------------------------
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """Optuna distributions of the search space, for `study.ask(fixed_distributions=...)`."""
+    out: dict[str, BaseDistribution] = {}
+    for name, param in spec.search_space.items():
+        if isinstance(param, specs.FloatParam):
+            out[name] = FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, specs.IntParam):
+            out[name] = IntDistribution(param.low, param.high, log=param.log, step=param.step)
+        else:
+            out[name] = CategoricalDistribution(list(param.choices))
+    return out
+
+
+def check_server_support(spec: StudySpec) -> None:
+    """Reject a valid spec that this server cannot run (an optional package is missing)."""
+    if spec.sampler.type == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise InvalidSpec(
+            "the cmaes sampler needs the 'cmaes' package, which this server does not have; "
+            "choose another sampler or ask the operator to install it",
+            path=["sampler", "type"],
+        )
+
+
+def build_sampler(spec: StudySpec, *, study_key: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler the spec names, with its options.
+
+    `study_key` (TuneFleet's study id) seeds a scrambled QMC sequence that has
+    no seed: every process must draw from the same sequence.
+    """
+    s = spec.sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if isinstance(s, specs.TPESampler):
+            return optuna.samplers.TPESampler(
+                seed=s.seed,
+                n_startup_trials=s.n_startup_trials,
+                n_ei_candidates=s.n_ei_candidates,
+                multivariate=s.multivariate,
+                group=s.group,
+                constant_liar=s.constant_liar,
+            )
+        if isinstance(s, specs.NSGA2Sampler):
+            return optuna.samplers.NSGAIISampler(
+                seed=s.seed,
+                population_size=s.population_size,
+                mutation_prob=s.mutation_prob,
+                crossover_prob=s.crossover_prob,
+                swapping_prob=s.swapping_prob,
+            )
+        if isinstance(s, specs.RandomSampler):
+            return optuna.samplers.RandomSampler(seed=s.seed)
+        if isinstance(s, specs.GPSampler):
+            return optuna.samplers.GPSampler(
+                seed=s.seed,
+                n_startup_trials=s.n_startup_trials,
+                deterministic_objective=s.deterministic_objective,
+            )
+        if isinstance(s, specs.CmaEsSampler):
+            return optuna.samplers.CmaEsSampler(
+                seed=s.seed,
+                n_startup_trials=s.n_startup_trials,
+                popsize=s.popsize,
+                use_separable_cma=s.use_separable_cma,
+                with_margin=s.with_margin,
+                lr_adapt=s.lr_adapt,
+            )
+        if isinstance(s, specs.QMCSampler):
+            seed = s.seed if s.seed is not None else zlib.crc32(f"qmc-{study_key}".encode())
+            return optuna.samplers.QMCSampler(qmc_type=s.qmc_type, scramble=s.scramble, seed=seed)
+        if isinstance(s, specs.GridSampler):
+            return optuna.samplers.GridSampler(specs.grid_values(spec), seed=s.seed)
+    raise AssertionError(f"unhandled sampler {s!r}")
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The pruner the spec names; epochs are the resource of the halving pruners."""
+    p = spec.pruner
+    if isinstance(p, specs.MedianPruner):
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials,
+            n_warmup_steps=p.n_warmup_steps,
+            interval_steps=p.interval_steps,
+            n_min_trials=p.n_min_trials,
+        )
+    if isinstance(p, specs.HyperbandPruner):
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=p.max_resource or spec.budget.epochs,
+            reduction_factor=p.reduction_factor,
+            bootstrap_count=p.bootstrap_count,
+        )
+    if isinstance(p, specs.SuccessiveHalvingPruner):
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource,
+            reduction_factor=p.reduction_factor,
+            min_early_stopping_rate=p.min_early_stopping_rate,
+            bootstrap_count=p.bootstrap_count,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def _directions(spec: StudySpec) -> list[StudyDirection]:
+    return [StudyDirection[d.upper()] for d in spec.directions]
+
+
+# --------------------------------------------------------------------------
+# Studies
+# --------------------------------------------------------------------------
+
+
+def create_optuna_study(storage: BaseStorage, *, name: str, spec: StudySpec, study_key: int) -> int:
+    """Create the Optuna study behind TuneFleet study `study_key`; returns its Optuna id.
+
+    Directions and metric names (axis labels in optuna-dashboard) come from the
+    objectives; the spec and our id are kept as study user attributes. A
+    leftover study of the same name that TuneFleet made and no longer uses
+    (a crash between the two commits) is replaced; any other one is a conflict.
+    """
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=spec.directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        _delete_leftover(storage, name=name)
+        study = optuna.create_study(storage=storage, study_name=name, directions=spec.directions)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(spec.metric_names)
+        study.set_user_attr(STUDY_ID_ATTR, study_key)
+        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    except Exception:
+        delete_optuna_study(storage, optuna_study_id=study._study_id)
+        raise
+    return study._study_id
+
+
+def _delete_leftover(storage: BaseStorage, *, name: str) -> None:
+    study_id = storage.get_study_id_from_name(name)
+    if STUDY_ID_ATTR not in storage.get_study_user_attrs(study_id):
+        raise Conflict(
+            f"the Optuna storage already has a study named {name!r} that TuneFleet did not "
+            "create; rename this study or remove that one"
+        )
+    log.warning("replacing leftover Optuna study %r", name)
+    storage.delete_study(study_id)
+
+
+def delete_optuna_study(storage: BaseStorage, *, optuna_study_id: int) -> None:
+    """Delete an Optuna study and its trials; a study already gone is not an error."""
+    with contextlib.suppress(KeyError):
+        storage.delete_study(optuna_study_id)
+
+
+def load_optuna_study(
+    storage: BaseStorage, *, name: str, spec: StudySpec, study_key: int = 0
+) -> optuna.Study:
+    """The Optuna study with the spec's sampler and pruner, ready for ask and tell."""
+    return optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=build_sampler(spec, study_key=study_key),
+        pruner=build_pruner(spec),
+    )
+
+
+# --------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------
+
+
+def trial_state_counts(storage: BaseStorage, *, optuna_study_id: int) -> dict[str, int]:
+    """How many trials the study has in each state (every state present, zeros included)."""
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    if isinstance(storage, RDBStorage):
+        query = (
+            sa.select(rdb.TrialModel.state, sa.func.count())
+            .where(rdb.TrialModel.study_id == optuna_study_id)
+            .group_by(rdb.TrialModel.state)
+        )
+        with storage.engine.connect() as conn:
+            for state, n in conn.execute(query):
+                counts[_state_name(state)] = n
+        return counts
+    for trial in storage.get_all_trials(optuna_study_id, deepcopy=False):
+        counts[trial.state.name.lower()] += 1
+    return counts
+
+
+def trial_state_totals(storage: BaseStorage) -> dict[str, int]:
+    """Trials per state over every study (for /metrics); RDBStorage only, else empty."""
+    if not isinstance(storage, RDBStorage):
+        return {}
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    query = sa.select(rdb.TrialModel.state, sa.func.count()).group_by(rdb.TrialModel.state)
+    with storage.engine.connect() as conn:
+        for state, n in conn.execute(query):
+            counts[_state_name(state)] = n
+    return counts
+
+
+def _state_name(state: TrialState | str) -> str:
+    return (state.name if isinstance(state, TrialState) else str(state)).lower()
+
+
+def best_trials(storage: BaseStorage, *, optuna_study_id: int) -> list[FrozenTrial]:
+    """The best trial of a one-objective study, or the Pareto front of a multi-objective
+    one; empty before the first trial completes."""
+    directions = storage.get_study_directions(optuna_study_id)
+    if len(directions) == 1:
+        try:
+            return [storage.get_best_trial(optuna_study_id)]
+        except ValueError:  # no completed trial yet
+            return []
+    name = storage.get_study_name_from_id(optuna_study_id)
+    study = optuna.Study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+# --------------------------------------------------------------------------
+# Trials
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class TrialPage:
+    trials: list[FrozenTrial]
+    count: int  # all trials matching the filter, not only this page
+
+
+def list_trials(
+    storage: BaseStorage,
+    *,
+    optuna_study_id: int,
+    states: Iterable[TrialState] | None = None,
+    order_by: int | None = None,
+    descending: bool = False,
+    limit: int = 50,
+    offset: int = 0,
+) -> TrialPage:
+    """A page of a study's trials, filtered by state.
+
+    Ordered by number, or by the value of objective `order_by` (trials without
+    that value come last either way).
+    """
+    state_list = list(states) if states is not None else None
+    if isinstance(storage, RDBStorage):
+        return _list_trials_sql(
+            storage, optuna_study_id, state_list, order_by, descending, limit, offset
+        )
+    trials = storage.get_all_trials(optuna_study_id, deepcopy=False, states=state_list)
+    if order_by is None:
+        trials.sort(key=lambda t: t.number, reverse=descending)
+    else:
+        with_value = [t for t in trials if t.values and len(t.values) > order_by]
+        without = [t for t in trials if not (t.values and len(t.values) > order_by)]
+        with_value.sort(key=lambda t: (t.values[order_by], t.number), reverse=descending)
+        trials = with_value + sorted(without, key=lambda t: t.number)
+    return TrialPage(trials=trials[offset : offset + limit], count=len(trials))
+
+
+def _list_trials_sql(
+    storage: RDBStorage,
+    study_id: int,
+    states: list[TrialState] | None,
+    order_by: int | None,
+    descending: bool,
+    limit: int,
+    offset: int,
+) -> TrialPage:
+    T, V = rdb.TrialModel, rdb.TrialValueModel
+    where = [T.study_id == study_id]
+    if states is not None:
+        where.append(T.state.in_(states))
+    count_query = sa.select(sa.func.count()).select_from(T).where(*where)
+    ids_query = sa.select(T.trial_id).where(*where)
+    if order_by is None:
+        ids_query = ids_query.order_by(T.number.desc() if descending else T.number)
+    else:
+        ids_query = ids_query.outerjoin(
+            V, sa.and_(V.trial_id == T.trial_id, V.objective == order_by)
+        )
+        # -inf < finite values < +inf; a trial with no value sorts last.
+        rank = sa.case(
+            (V.value_type == V.TrialValueType.INF_NEG, -1),
+            (V.value_type == V.TrialValueType.FINITE, 0),
+            (V.value_type == V.TrialValueType.INF_POS, 1),
+            else_=None,
+        )
+        if descending:
+            ids_query = ids_query.order_by(
+                rank.desc().nulls_last(), V.value.desc().nulls_last(), T.number
+            )
+        else:
+            ids_query = ids_query.order_by(rank.nulls_last(), V.value.nulls_last(), T.number)
+    ids_query = ids_query.limit(limit).offset(offset)
+    with Session(storage.engine) as session:
+        count = session.execute(count_query).scalar_one()
+        ids = list(session.execute(ids_query).scalars())
+        trials = _frozen_trials(storage, session, ids)
+    return TrialPage(trials=trials, count=count)
+
+
+def _frozen_trials(storage: RDBStorage, session: Session, ids: list[int]) -> list[FrozenTrial]:
+    """Trials by id in the given order, in a handful of queries (as RDBStorage loads them)."""
+    if not ids:
+        return []
+    T = rdb.TrialModel
+    models = (
+        session.query(T)
+        .options(
+            selectinload(T.params),
+            selectinload(T.values),
+            selectinload(T.user_attributes),
+            selectinload(T.system_attributes),
+            selectinload(T.intermediate_values),
+        )
+        .filter(T.trial_id.in_(ids))
+        .all()
+    )
+    by_id = {m.trial_id: storage._build_frozen_trial_from_trial_model(m) for m in models}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def get_trial_by_number(storage: BaseStorage, *, optuna_study_id: int, number: int) -> FrozenTrial:
+    """Trial `number` of a study; NotFound when there is none."""
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(optuna_study_id, number)
+    except KeyError:
+        raise NotFound(f"the study has no trial number {number}") from None
+    return storage.get_trial(trial_id)
+
+
+def enqueue_trial(
+    storage: BaseStorage,
+    *,
+    optuna_study_id: int,
+    params: dict[str, Any],
+    user_attrs: dict[str, Any] | None = None,
+) -> FrozenTrial:
+    """Queue a trial with fixed parameters (validated by `tunefleet.spec.validate_params`);
+    the next lease runs it, and the sampler fills the parameters left out."""
+    template = create_trial(
+        state=TrialState.WAITING,
+        system_attrs={"fixed_params": params},
+        user_attrs=user_attrs,
+    )
+    trial_id = storage.create_new_trial(optuna_study_id, template_trial=template)
+    return storage.get_trial(trial_id)
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters of a trial; for a waiting one, those it was enqueued with."""
+    if trial.params:
+        return dict(trial.params)
+    return dict(trial.system_attrs.get("fixed_params") or {})
+
+
+def objective_index(spec: StudySpec, metric: str) -> int:
+    """Position of a metric among the spec's objectives (InvalidSpec for another name)."""
+    try:
+        return spec.metric_names.index(metric)
+    except ValueError:
+        raise InvalidSpec(
+            "order_by must be number or one of this study's metrics: "
+            + ", ".join(spec.metric_names),
+            path=["query", "order_by"],
+        ) from None
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: such values are shown as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value

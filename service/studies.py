@@ -1,0 +1,207 @@
+"""Studies: create, find, list, change state, delete. No HTTP here.
+
+A study is a row of `tf_studies` (owner, spec, state) plus an Optuna study in
+the same database that holds its trials. Our row is the source of truth: it
+is written first and committed last on creation, deleted first on deletion,
+so a crash in between leaves at most an unused Optuna study, which the next
+creation of the same name replaces.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from optuna.storages import BaseStorage
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import optuna_bridge as bridge
+from service.auth import Principal
+from service.errors import Conflict, NotFound
+from service.models import StudyRecord
+from service.schemas import (
+    ObjectivePublic,
+    StudiesPublic,
+    StudyAction,
+    StudyDetail,
+    StudyPublic,
+    StudyState,
+)
+from service.trials import trial_public
+from tunefleet.spec import StudySpec
+
+__all__ = [
+    "change_study_state",
+    "create_study",
+    "delete_study",
+    "find_study",
+    "find_study_by_name",
+    "list_studies",
+    "optuna_study_name",
+    "study_detail",
+    "study_public",
+]
+
+log = logging.getLogger(__name__)
+
+# action -> (states it applies to, resulting state); the target state itself is a no-op.
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pause": (("running",), "paused"),
+    "resume": (("paused",), "running"),
+    "stop": (("running", "paused", "completed"), "stopped"),
+}
+
+
+def optuna_study_name(*, owner: str, name: str) -> str:
+    """The Optuna (and dashboard) name of a study: unique because names have no '/'."""
+    return f"{owner}/{name}"
+
+
+def create_study(
+    session: Session, storage: BaseStorage, *, owner: str, spec: StudySpec
+) -> StudyDetail:
+    """Create a study and its Optuna study; Conflict if the owner has one of that name."""
+    bridge.check_server_support(spec)
+    record = StudyRecord(
+        owner=owner,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        state="running",
+        priority=spec.priority,
+        optuna_study_name=optuna_study_name(owner=owner, name=spec.name),
+    )
+    session.add(record)
+    try:
+        # Holds the (owner, name) key until commit: a concurrent create of the
+        # same name waits here, then gets the conflict.
+        session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"you already have a study named {spec.name!r}: pick another name or delete it",
+            path=["name"],
+        ) from None
+    record.optuna_study_id = bridge.create_optuna_study(
+        storage, name=record.optuna_study_name, spec=spec, study_key=record.id
+    )
+    try:
+        session.commit()
+    except Exception:
+        bridge.delete_optuna_study(storage, optuna_study_id=record.optuna_study_id)
+        raise
+    return study_detail(session, storage, record=record)
+
+
+def find_study(session: Session, *, principal: Principal, study_id: int) -> StudyRecord:
+    """The study with this id if the principal may see it (admin: any); NotFound otherwise."""
+    record = session.get(StudyRecord, study_id)
+    if record is None or not (principal.is_admin or record.owner == principal.owner):
+        raise NotFound(f"no study with id {study_id}")
+    return record
+
+
+def find_study_by_name(
+    session: Session, *, principal: Principal, name: str, owner: str | None = None
+) -> StudyRecord:
+    """The principal's study of this name (an admin may name another owner)."""
+    owner = owner if owner is not None and principal.is_admin else principal.owner
+    record = session.scalars(
+        sa.select(StudyRecord).where(StudyRecord.owner == owner, StudyRecord.name == name)
+    ).first()
+    if record is None:
+        raise NotFound(f"no study named {name!r} for owner {owner!r}")
+    return record
+
+
+def list_studies(
+    session: Session,
+    *,
+    principal: Principal,
+    state: StudyState | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> StudiesPublic:
+    """A page of the studies the principal may see, newest first."""
+    where = []
+    if not principal.is_admin:
+        where.append(StudyRecord.owner == principal.owner)
+    if state is not None:
+        where.append(StudyRecord.state == state)
+    count = session.scalar(sa.select(sa.func.count()).select_from(StudyRecord).where(*where))
+    rows = session.scalars(
+        sa.select(StudyRecord)
+        .where(*where)
+        .order_by(StudyRecord.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return StudiesPublic(data=[study_public(r) for r in rows], count=count or 0)
+
+
+def change_study_state(
+    session: Session, *, principal: Principal, study_id: int, action: StudyAction
+) -> StudyPublic:
+    """pause, resume or stop; repeating an action is harmless, an impossible one a Conflict."""
+    find_study(session, principal=principal, study_id=study_id)
+    # Lock the row: the scheduler may be completing the study at the same time.
+    record = session.scalars(
+        sa.select(StudyRecord).where(StudyRecord.id == study_id).with_for_update()
+    ).one()
+    allowed_from, target = TRANSITIONS[action]
+    if record.state != target:
+        if record.state not in allowed_from:
+            hint = "; create a new study to search again" if record.state == "stopped" else ""
+            raise Conflict(f"cannot {action} a study that is {record.state}{hint}")
+        record.state = target
+        session.flush()
+    return study_public(record)
+
+
+def delete_study(
+    session: Session, storage: BaseStorage, *, principal: Principal, study_id: int
+) -> None:
+    """Delete a study, its leases and its Optuna study with every trial."""
+    record = find_study(session, principal=principal, study_id=study_id)
+    optuna_id = record.optuna_study_id
+    session.delete(record)
+    session.commit()
+    if optuna_id is not None:
+        try:
+            bridge.delete_optuna_study(storage, optuna_study_id=optuna_id)
+        except Exception:
+            # Our row is gone; an unused Optuna study is replaced on the next create.
+            log.exception("could not delete Optuna study %s", optuna_id)
+
+
+def study_public(record: StudyRecord) -> StudyPublic:
+    return StudyPublic(
+        id=record.id,
+        name=record.name,
+        owner=record.owner,
+        state=record.state,  # type: ignore[arg-type]
+        priority=record.priority,
+        objectives=[ObjectivePublic(**o) for o in record.spec.get("objectives", [])],
+        optuna_study_name=record.optuna_study_name,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def study_spec(record: StudyRecord) -> StudySpec:
+    return StudySpec.model_validate(record.spec)
+
+
+def study_detail(session: Session, storage: BaseStorage, *, record: StudyRecord) -> StudyDetail:
+    """Spec, state, trial counts per state and the best trial or Pareto front."""
+    spec = study_spec(record)
+    counts = dict.fromkeys(bridge.TRIAL_STATES, 0)
+    best = []
+    if record.optuna_study_id is not None:
+        counts = bridge.trial_state_counts(storage, optuna_study_id=record.optuna_study_id)
+        best = bridge.best_trials(storage, optuna_study_id=record.optuna_study_id)
+    return StudyDetail(
+        **study_public(record).model_dump(),
+        spec=spec,
+        trial_counts=counts,
+        best_trials=[trial_public(t, spec=spec) for t in best],
+    )
