@@ -1,0 +1,79 @@
+"""Settings of a worker process, read from TUNEFLEET_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_OBJECTIVE = "workers.transfer:run_trial"
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible, else cpu; checked without importing torch when possible."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_worker_id(device: str) -> str:
+    """hostname-pid-device: unique per process, readable in the trial list."""
+    return f"{socket.gethostname()}-{os.getpid()}-{device}".replace(" ", "_")
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a worker needs; each is TUNEFLEET_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEFLEET_", extra="ignore")
+
+    service_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL of the TuneFleet API."
+    )
+    token: str = Field(default="", description="Bearer token with the worker scope.")
+    device: str = Field(default="auto", description="cpu, cuda, cuda:N, or auto.")
+    worker_id: str | None = Field(default=None, description="Default: hostname-pid-device.")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".tunefleet" / "cache",
+        description="Source models, datasets and frozen-backbone features.",
+    )
+    artifact_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".tunefleet" / "artifacts",
+        description="Where trial checkpoints are written.",
+    )
+    max_trials: int | None = Field(
+        default=None, ge=1, description="Exit after this many trials (default: never)."
+    )
+    idle_exit_s: float | None = Field(
+        default=None, gt=0, description="Exit after this long without work (default: never)."
+    )
+    poll_interval_max_s: float = Field(
+        default=10.0, gt=0, description="Longest wait between two lease requests when idle."
+    )
+    backoff_base_s: float = Field(default=0.5, gt=0, description="First retry delay.")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry delay.")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="One HTTP request.")
+    objective: str = Field(
+        default=DEFAULT_OBJECTIVE,
+        description="module:function run for each trial, with run_trial's signature. "
+        "Only tests change it.",
+    )
+
+    @field_validator("service_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {url!r}")
+        return url.rstrip("/")
+
+    def resolved_device(self) -> str:
+        return default_device() if self.device == "auto" else self.device
+
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or default_worker_id(self.resolved_device())

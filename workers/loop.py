@@ -1,0 +1,400 @@
+"""The worker's pull loop: lease a trial, run it, report, repeat.
+
+Shaped like rq's worker: the loop checks for a stop request, takes work, runs
+it with a heartbeat beside it, and goes on. A first SIGTERM or SIGINT lets the
+current trial finish and then exits; a second one lets go of the trial (the
+service re-queues it) and exits at once. A trial that raises is reported as
+failed and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tunefleet.protocol import WORKER_INTERRUPTED, Assignment
+from workers.client import Backoff, Interrupted, Rejected, ServiceClient, Unreachable
+from workers.config import WorkerSettings
+
+__all__ = [
+    "Objective",
+    "TrialAbandoned",
+    "Worker",
+    "WorkerInterrupted",
+    "load_objective",
+    "run_worker",
+]
+
+log = logging.getLogger("tunefleet.worker")
+
+# run_trial(assignment, report, *, device, cache_dir, artifact_dir) -> TrialResult
+Objective = Callable[..., Any]
+
+
+class WorkerInterrupted(BaseException):
+    """Second signal while a trial runs: drop it now. A BaseException, like
+    KeyboardInterrupt, so that a trial's own ``except Exception`` lets it through."""
+
+
+class TrialAbandoned(BaseException):
+    """The service said stop (study paused or stopped, or the lease is gone)."""
+
+
+def is_pruned(error: BaseException) -> bool:
+    """Whether an exception is a TrialPruned, the engine's or Optuna's, without
+    importing either (the engine pulls in torch)."""
+    return any(cls.__name__ == "TrialPruned" for cls in type(error).__mro__)
+
+
+def load_objective(path: str) -> Objective:
+    """The function named by ``module:function``."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"objective must be module:function, got {path!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+class _Heartbeat(threading.Thread):
+    """Beats for one trial until stopped; turns a stop answer into an abandon."""
+
+    def __init__(self, client: ServiceClient, trial: _RunningTrial, interval_s: float) -> None:
+        super().__init__(name=f"heartbeat-{trial.trial_id}", daemon=True)
+        self.client = client
+        self.trial = trial
+        self.interval_s = interval_s
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval_s):
+            try:
+                ack = self.client.heartbeat(self.trial.trial_id, progress=self.trial.progress())
+            except (Rejected, Unreachable, Interrupted) as error:
+                # The next beat is the retry; the lease outlives a few missed beats.
+                log.warning("heartbeat of trial %s failed: %s", self.trial.trial_id, error)
+                if isinstance(error, Rejected) and error.status_code in (404, 409):
+                    self.trial.abandon(f"lease lost ({error.message})")
+                continue
+            except Exception:  # never let the heartbeat thread die silently
+                log.exception("heartbeat of trial %s failed", self.trial.trial_id)
+                continue
+            if ack.stop:
+                self.trial.abandon(ack.reason or "the service said stop")
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=self.interval_s + 5)
+
+
+class _RunningTrial:
+    """What the loop knows about the trial it is running."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self.assignment = assignment
+        self.trial_id = assignment.trial_id
+        budget = assignment.spec.get("budget") or {}
+        self.total_epochs = budget.get("epochs")
+        self.epoch: int | None = None
+        self.abandoned = threading.Event()
+        self.abandon_reason = ""
+
+    def abandon(self, reason: str) -> None:
+        if not self.abandoned.is_set():
+            log.info("abandoning trial %s: %s", self.trial_id, reason)
+            self.abandon_reason = reason
+            self.abandoned.set()
+
+    def progress(self) -> dict[str, int] | None:
+        if self.epoch is None:
+            return None
+        progress = {"epoch": self.epoch}
+        if isinstance(self.total_epochs, int):
+            progress["total_epochs"] = self.total_epochs
+        return progress
+
+
+class Worker:
+    """One worker: one device, one trial at a time."""
+
+    def __init__(
+        self,
+        client: ServiceClient,
+        *,
+        worker_id: str,
+        device: str,
+        objective: Objective,
+        cache_dir: Path,
+        artifact_dir: Path,
+        max_trials: int | None = None,
+        idle_exit_s: float | None = None,
+        poll_interval_max_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.worker_id = worker_id
+        self.device = device
+        self.objective = objective
+        self.cache_dir = cache_dir
+        self.artifact_dir = artifact_dir
+        self.max_trials = max_trials
+        self.idle_exit_s = idle_exit_s
+        self.poll_backoff = Backoff(base_s=0.25, max_s=poll_interval_max_s)
+        # First signal: finish the current trial, then exit.
+        self.stop_requested = threading.Event()
+        # Second signal: stop now; also cuts short the client's waits.
+        self.force_stop = client.abort
+        self._in_objective = False
+        self.trials_run = 0
+
+    # Signals ---------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if not self.stop_requested.is_set():
+            log.info("%s: finishing the current trial, then exiting (again to stop now)", name)
+            self.stop_requested.set()
+            return
+        log.info("%s again: letting go of the current trial and exiting", name)
+        self.force_stop.set()
+        if self._in_objective:
+            raise WorkerInterrupted(name)
+
+    # The loop --------------------------------------------------------------
+
+    def work(self) -> int:
+        """Run trials until told to stop, out of trials or idle too long; returns how many."""
+        log.info("worker %s on %s pulling from the service", self.worker_id, self.device)
+        idle_since = time.monotonic()
+        polls = 0
+        while not self.stop_requested.is_set() and not self.force_stop.is_set():
+            try:
+                assignment = self.client.lease(
+                    worker_id=self.worker_id, device=self.device, abort=self.stop_requested
+                )
+            except Interrupted:
+                break
+            except Rejected as error:
+                if error.status_code in (401, 403):
+                    raise
+                log.error("lease refused: %s", error)
+                assignment = None
+            if assignment is None:
+                idle_s = time.monotonic() - idle_since
+                if self.idle_exit_s is not None and idle_s >= self.idle_exit_s:
+                    log.info("no work for %.0fs: exiting", idle_s)
+                    break
+                delay = self.poll_backoff.delay(polls)
+                if self.idle_exit_s is not None:
+                    delay = min(delay, max(0.05, self.idle_exit_s - idle_s))
+                polls += 1
+                self.stop_requested.wait(delay)
+                continue
+            polls = 0
+            self.run(assignment)
+            self.trials_run += 1
+            idle_since = time.monotonic()
+            if self.max_trials is not None and self.trials_run >= self.max_trials:
+                log.info("ran %d trials: exiting", self.trials_run)
+                break
+        return self.trials_run
+
+    def run(self, assignment: Assignment) -> None:
+        """Run one leased trial to its end: complete, pruned, failed or let go."""
+        trial = _RunningTrial(assignment)
+        log.info(
+            "trial %s (study %s, #%s) params %s",
+            trial.trial_id,
+            assignment.study_id,
+            assignment.number,
+            assignment.params,
+        )
+        heartbeat = _Heartbeat(self.client, trial, assignment.heartbeat_interval_s)
+        heartbeat.start()
+        try:
+            self._run_with_heartbeat(trial)
+        finally:
+            heartbeat.stop()
+
+    def _run_with_heartbeat(self, trial: _RunningTrial) -> None:
+        report = self._reporter(trial)
+        try:
+            self._in_objective = True
+            try:
+                if self.force_stop.is_set():
+                    raise WorkerInterrupted("stop requested")
+                result = self.objective(
+                    trial.assignment.model_dump(mode="json"),
+                    report,
+                    device=self.device,
+                    cache_dir=self.cache_dir,
+                    artifact_dir=self.artifact_dir,
+                )
+            finally:
+                self._in_objective = False
+        except WorkerInterrupted:
+            self._let_go(trial, WORKER_INTERRUPTED)
+            return
+        except TrialAbandoned:
+            self._let_go(trial, f"abandoned: {trial.abandon_reason}")
+            return
+        except Exception as error:
+            if is_pruned(error):
+                # The service marked the trial PRUNED when it answered prune=true.
+                log.info("trial %s pruned: %s", trial.trial_id, error)
+                return
+            log.exception("trial %s raised", trial.trial_id)
+            reason = f"{type(error).__name__}: {error}"
+            self._send(
+                lambda: self.client.fail(trial.trial_id, reason=reason, requeue=False), trial
+            )
+            return
+        if trial.abandoned.is_set():
+            self._let_go(trial, f"abandoned: {trial.abandon_reason}")
+            return
+        values, attrs, artifact = _unpack(result)
+        outcome = self._send(
+            lambda: self.client.complete(
+                trial.trial_id, values=values, attrs=attrs, artifact=artifact
+            ),
+            trial,
+        )
+        if outcome is not None:
+            log.info(
+                "trial %s %s %s",
+                trial.trial_id,
+                outcome.state,
+                outcome.values if outcome.state == "COMPLETE" else outcome.reason,
+            )
+
+    def _reporter(self, trial: _RunningTrial) -> Callable[[int, float], bool]:
+        def report(step: int, value: float) -> bool:
+            if trial.abandoned.is_set():
+                raise TrialAbandoned(trial.abandon_reason)
+            trial.epoch = int(step)
+            try:
+                prune = self.client.report_intermediate(
+                    trial.trial_id, step=int(step), value=float(value)
+                )
+            except Rejected as error:
+                # 409 or 404: the lease was reaped or the trial finished elsewhere.
+                trial.abandon(f"intermediate refused ({error.message})")
+                raise TrialAbandoned(trial.abandon_reason) from error
+            except Interrupted as error:
+                raise WorkerInterrupted("stop requested") from error
+            return prune
+
+        return report
+
+    def _let_go(self, trial: _RunningTrial, reason: str) -> None:
+        """Give the trial back so that the service re-queues its parameters."""
+        log.info("letting go of trial %s: %s", trial.trial_id, reason)
+        self._send(
+            lambda: self.client.fail(trial.trial_id, reason=reason, requeue=True),
+            trial,
+            quiet=True,
+            attempts=3,
+        )
+
+    def _send(
+        self,
+        call: Callable[[], Any],
+        trial: _RunningTrial,
+        *,
+        quiet: bool = False,
+        attempts: int | None = None,
+    ) -> Any:
+        """Deliver a final answer; a 409/404 means the service already settled the trial."""
+        for attempt in range(attempts or 1_000_000_000):
+            try:
+                return call()
+            except Rejected as error:
+                level = logging.INFO if quiet else logging.WARNING
+                log.log(level, "trial %s: the service refused: %s", trial.trial_id, error)
+                return None
+            except Interrupted:
+                log.warning("trial %s: stopped before the service answered", trial.trial_id)
+                return None
+            except Unreachable as error:
+                if attempts is not None and attempt + 1 >= attempts:
+                    log.warning("trial %s: giving up: %s", trial.trial_id, error)
+                    return None
+        return None
+
+
+def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:
+    """(values, attrs, artifact) of a TrialResult, or of a mapping with the same keys."""
+    if isinstance(result, Mapping):
+        values, attrs, artifact = result["values"], result.get("attrs"), result.get("artifact")
+    else:
+        values = result.values
+        attrs = getattr(result, "attrs", None)
+        artifact = getattr(result, "artifact", None)
+    values = {str(k): float(v) for k, v in values.items()}
+    attrs = dict(attrs or {})
+    if any(not math.isfinite(v) for v in values.values()):
+        log.warning("non-finite values %s: the service will fail the trial", values)
+    return values, attrs, None if artifact is None else str(artifact)
+
+
+def run_worker(settings: WorkerSettings, *, objective: Objective | None = None) -> int:
+    """Run a worker process with these settings until it exits; returns the trial count."""
+    device = settings.resolved_device()
+    abort = threading.Event()
+    client = ServiceClient(
+        settings.service_url,
+        settings.token,
+        timeout_s=settings.request_timeout_s,
+        backoff=Backoff(settings.backoff_base_s, settings.backoff_max_s),
+        abort=abort,
+    )
+    worker = Worker(
+        client,
+        worker_id=settings.resolved_worker_id(),
+        device=device,
+        objective=objective or load_objective(settings.objective),
+        cache_dir=settings.cache_dir,
+        artifact_dir=settings.artifact_dir,
+        max_trials=settings.max_trials,
+        idle_exit_s=settings.idle_exit_s,
+        poll_interval_max_s=settings.poll_interval_max_s,
+    )
+    if threading.current_thread() is threading.main_thread():
+        worker.install_signal_handlers()
+    with client:
+        return worker.work()
+
+
+def run_worker_command(**options: Any) -> int:
+    """`tunefleet worker`: settings from the options over TUNEFLEET_*; returns the exit code."""
+    from pydantic import ValidationError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    try:
+        settings = WorkerSettings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "TUNEFLEET_" + "_".join(str(p) for p in problem["loc"]).upper()
+            log.error("bad setting %s: %s", name, problem["msg"])
+        return 2
+    if not settings.token:
+        log.error("no token: pass --token or set TUNEFLEET_TOKEN (a worker-scope token)")
+        return 2
+    try:
+        run_worker(settings)
+    except Rejected as error:
+        log.error("the service refused this worker: %s", error)
+        return 1
+    return 0
