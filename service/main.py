@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 import optuna
 from fastapi import FastAPI
 
-from service.api import health, studies, trials
+from service.api import health, leases, studies, trials
 from service.api.handlers import install_error_handlers
 from service.api.requests import install_request_checks
 from service.config import Settings, load_settings
 from service.db import engine_kwargs, make_engine
 from service.metrics import install_metrics
+from service.scheduling import Reaper
 from tunefleet import __version__
 
 
@@ -39,7 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        reaper = Reaper(engine=app.state.engine, storage=app.state.storage, settings=settings)
+        reaper.start()
         yield
+        await reaper.stop()
         app.state.storage.engine.dispose()
         app.state.engine.dispose()
 
@@ -62,4 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(trials.router)
+    app.include_router(leases.router)
     return app

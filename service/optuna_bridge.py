@@ -21,10 +21,12 @@ import contextlib
 import importlib.util
 import logging
 import math
+import threading
 import warnings
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -454,3 +456,227 @@ def finite_or_none(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return value
+
+
+# ===========================================================================
+# Trial lifecycle for the worker protocol: ask, report, prune, tell, fail,
+# re-queue. Used by service/scheduling.py and service/leasing.py; every call
+# into Optuna for a leased trial goes through the functions below.
+# ===========================================================================
+
+# Trial user attributes the service writes; a worker's attrs cannot overwrite them.
+ATTR_WORKER_ID = "worker_id"
+ATTR_DEVICE = "device"
+ATTR_PROGRESS = "progress"
+ATTR_FAIL_REASON = "fail_reason"
+ATTR_RETRY_OF = "retry_of"
+ATTR_RETRY_COUNT = "retry_count"
+ATTR_RETRIED_AS = "retried_as"
+ATTR_ARTIFACT = "artifact"
+RESERVED_TRIAL_ATTRS = frozenset(
+    {
+        ATTR_WORKER_ID,
+        ATTR_DEVICE,
+        ATTR_PROGRESS,
+        ATTR_FAIL_REASON,
+        ATTR_RETRY_OF,
+        ATTR_RETRY_COUNT,
+        ATTR_RETRIED_AS,
+        ATTR_ARTIFACT,
+    }
+)
+
+
+class LoadedStudy:
+    """A study's Optuna object, built once per process so that its sampler (TPE's
+    observation cache, NSGA-II's generations) and the cached storage live on.
+
+    ``lock`` serializes ask and prune decisions within the process; the
+    scheduler holds the study's row lock in the database around it as well, so
+    that several API processes never ask past the budget.
+    """
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        self.study = study
+        self.distributions = distributions(spec)
+        self.lock = threading.RLock()
+
+    @property
+    def storage(self) -> BaseStorage:
+        return self.study._storage
+
+    def counts(self) -> dict[str, int]:
+        """How many trials are in each state (RUNNING, WAITING, COMPLETE, PRUNED, FAIL)."""
+        counts = {state.name: 0 for state in TrialState}
+        for trial in self.storage.get_all_trials(self.study._study_id, deepcopy=False):
+            counts[trial.state.name] += 1
+        return counts
+
+
+_loaded_studies: dict[tuple[int, int, str], LoadedStudy] = {}
+_loaded_studies_lock = threading.Lock()
+
+
+def loaded_study(
+    storage: BaseStorage, *, optuna_study_name: str, spec: dict, study_key: int
+) -> LoadedStudy:
+    """The process's Optuna Study for a TuneFleet study, with the spec's sampler and pruner."""
+    key = (id(storage), study_key, optuna_study_name)
+    with _loaded_studies_lock:
+        entry = _loaded_studies.get(key)
+    if entry is not None:
+        return entry
+    study_spec = StudySpec.model_validate(spec)
+    study = load_optuna_study(storage, name=optuna_study_name, spec=study_spec, study_key=study_key)
+    with _loaded_studies_lock:
+        return _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
+
+
+def ask_leased_trial(entry: LoadedStudy, *, worker_id: str, device: str) -> FrozenTrial:
+    """Start a trial: a WAITING one (enqueued or re-queued) first, else a sampled one."""
+    with entry.lock:
+        trial = entry.study.ask(fixed_distributions=entry.distributions)
+        trial.set_user_attr(ATTR_WORKER_ID, worker_id)
+        trial.set_user_attr(ATTR_DEVICE, device)
+        return entry.storage.get_trial(trial._trial_id)
+
+
+def get_frozen_trial(storage: BaseStorage, trial_id: int) -> FrozenTrial:
+    return storage.get_trial(trial_id)
+
+
+def set_trial_progress(storage: BaseStorage, trial_id: int, progress: dict) -> None:
+    storage.set_trial_user_attr(trial_id, ATTR_PROGRESS, progress)
+
+
+def _same_float(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def record_intermediate(entry: LoadedStudy, *, trial_id: int, step: int, value: float) -> bool:
+    """Record a validation value and ask the pruner; True when the trial is now PRUNED.
+
+    The same step with the same value again changes nothing; with another value
+    it is a Conflict. Multi-objective studies record the value and never prune
+    (Optuna cannot prune them).
+    """
+    with entry.lock:
+        trial = entry.storage.get_trial(trial_id)
+        recorded = trial.intermediate_values.get(step)
+        if recorded is not None and not _same_float(recorded, value):
+            raise Conflict(
+                f"trial {trial.number} already has {recorded} at step {step}, not {value}; "
+                "intermediate values cannot be changed"
+            )
+        if trial.state == TrialState.PRUNED:
+            return True
+        if trial.state != TrialState.RUNNING:
+            raise Conflict(f"trial {trial.number} is {trial.state.name}, not running")
+        if recorded is None:
+            entry.storage.set_trial_intermediate_value(trial_id, step, value)
+        if len(entry.study.directions) > 1:
+            return False
+        trial = entry.storage.get_trial(trial_id)
+        if not entry.study.pruner.prune(entry.study, trial):
+            return False
+        entry.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+        return True
+
+
+def complete_leased_trial(
+    entry: LoadedStudy, *, trial_id: int, values: list[float], attrs: dict, artifact: str | None
+) -> FrozenTrial:
+    """Tell the values; a retry of a tell that already went through is accepted."""
+    storage = entry.storage
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        for key, value in attrs.items():
+            if key not in RESERVED_TRIAL_ATTRS:
+                storage.set_trial_user_attr(trial_id, key, value)
+        if artifact is not None:
+            storage.set_trial_user_attr(trial_id, ATTR_ARTIFACT, artifact)
+        # Finished meanwhile (a retried tell, a reaper): judged below.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
+        trial = storage.get_trial(trial_id)
+    if (
+        trial.state != TrialState.COMPLETE
+        or trial.values is None
+        or not all(_same_float(a, b) for a, b in zip(trial.values, values, strict=True))
+    ):
+        raise Conflict(
+            f"trial {trial.number} is already {trial.state.name}"
+            + (f" with values {trial.values}" if trial.values else "")
+        )
+    return trial
+
+
+def fail_leased_trial(
+    storage: BaseStorage,
+    *,
+    trial_id: int,
+    optuna_study_id: int,
+    reason: str,
+    requeue: bool = False,
+) -> tuple[FrozenTrial, FrozenTrial | None]:
+    """Mark a running trial FAIL with the reason as a user attribute, and with
+    ``requeue`` queue a WAITING trial with its parameters first.
+
+    Returns the trial and its retry. A trial already finished is left as it is
+    (with the retry it named, if any): failing twice re-queues once.
+    """
+    trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.RUNNING:
+        return trial, _retry_of(storage, trial, optuna_study_id)
+    retry = None
+    if requeue:
+        retry = _queue_retry(storage, failed=trial, study_id=optuna_study_id)
+        # Lineage both ways; a finished trial's attributes cannot change, so now.
+        storage.set_trial_user_attr(trial_id, ATTR_RETRIED_AS, retry.number)
+    storage.set_trial_user_attr(trial_id, ATTR_FAIL_REASON, reason)
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    return storage.get_trial(trial_id), retry
+
+
+def _retry_of(storage: BaseStorage, trial: FrozenTrial, study_id: int) -> FrozenTrial | None:
+    number = trial.user_attrs.get(ATTR_RETRIED_AS)
+    if number is None:
+        return None
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
+def _queue_retry(storage: BaseStorage, *, failed: FrozenTrial, study_id: int) -> FrozenTrial:
+    """A WAITING trial with the failed one's parameters and its lineage in user attrs."""
+    template = create_trial(
+        state=TrialState.WAITING,
+        system_attrs={"fixed_params": dict(failed.params)},
+        user_attrs={
+            ATTR_RETRY_OF: failed.number,
+            ATTR_RETRY_COUNT: retry_count_of(failed) + 1,
+        },
+    )
+    return storage.get_trial(storage.create_new_trial(study_id, template_trial=template))
+
+
+def retry_count_of(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(ATTR_RETRY_COUNT, 0))
+
+
+def orphaned_running_trials(
+    session: Session, *, started_before: datetime
+) -> list[tuple[int, int, int]]:
+    """(TuneFleet study id, trial id, number) of RUNNING trials that have no lease row."""
+    # Optuna writes datetime_start as naive local time.
+    cutoff = started_before.astimezone().replace(tzinfo=None)
+    rows = session.execute(
+        sa.text(
+            "SELECT s.id, t.trial_id, t.number FROM trials t "
+            "JOIN studies os ON os.study_id = t.study_id "
+            "JOIN tf_studies s ON s.optuna_study_name = os.study_name "
+            "LEFT JOIN tf_leases l ON l.trial_id = t.trial_id "
+            "WHERE t.state = 'RUNNING' AND l.trial_id IS NULL AND t.datetime_start < :cutoff"
+        ),
+        {"cutoff": cutoff},
+    ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
