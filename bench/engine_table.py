@@ -1,0 +1,151 @@
+"""Accuracy, robustness and time per trial of the trial engine on the built-in task.
+
+    python -m bench.engine_table [--epochs 5] [--repeats 3] [--device cpu]
+
+Prints a Markdown table: three configurations of digits-cnn -> digits 5-9,
+their test accuracy and robustness (the contract's default suite), and the
+median wall time of a whole trial (fine-tune + scoring) with the frozen-feature
+cache off and warm. Pretraining and data loading happen once before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from workers.transfer import builtin, run_trial
+from workers.transfer.features import FeatureCache
+
+CONFIGS = {
+    "linear probe (frozen backbone)": {"unfreeze_blocks": 0, "lr": 1e-2},
+    "last 2 blocks + 2-layer gelu head": {
+        "unfreeze_blocks": 2,
+        "lr": 3e-3,
+        "head_depth": 2,
+        "activation": "gelu",
+    },
+    "full fine-tune, augment, L2-SP": {
+        "unfreeze_blocks": 4,
+        "lr": 3e-3,
+        "augment_strength": 0.5,
+        "l2sp_alpha": 0.01,
+        "label_smoothing": 0.1,
+    },
+}
+SPEC = {
+    "source_model": "builtin:digits-cnn",
+    "dataset": "builtin:digits-5to9",
+    "objectives": [
+        {"metric": "accuracy", "direction": "maximize"},
+        {"metric": "robustness", "direction": "maximize"},
+    ],
+    "robustness": {
+        "gaussian_sigma": [0.1, 0.3],
+        "fgsm_eps": [0.03],
+        "pgd": {"eps": 0.03, "steps": 5},
+        "corruptions": ["blur", "contrast"],
+    },
+    "seed": 0,
+}
+
+
+def trial(params: dict, *, number: int, epochs: int, cache: FeatureCache | None, dirs, device):
+    spec = {**SPEC, "budget": {"epochs": epochs}}
+    started = time.perf_counter()
+    result = run_trial(
+        {"study_id": "bench", "number": number, "params": params, "spec": spec},
+        lambda epoch, value: False,
+        device=device,
+        cache_dir=dirs[0],
+        artifact_dir=dirs[1],
+        feature_cache=cache,
+    )
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = args.cache_dir or Path(tmp) / "cache"
+        dirs = (cache_dir, Path(tmp) / "artifacts")
+        started = time.perf_counter()
+        builtin.load_or_pretrain(cache_dir)
+        pretrain_s = time.perf_counter() - started
+        # Warm the process: data, source model, kernels.
+        trial(
+            CONFIGS["linear probe (frozen backbone)"],
+            number=0,
+            epochs=1,
+            cache=None,
+            dirs=dirs,
+            device=args.device,
+        )
+
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
+            f"{args.device}, {args.epochs} epochs, median of {args.repeats} trials"
+        )
+        print(f"pretraining digits-cnn on digits 0-4 (once, cached): {pretrain_s:.1f} s\n")
+        print(
+            "| configuration | test accuracy | robustness | trial s, no feature cache "
+            "| trial s, warm feature cache | speed-up |"
+        )
+        print("|---|---|---|---|---|---|")
+        components = {}
+        for name, params in CONFIGS.items():
+            cache = FeatureCache()
+            cacheable = params.get("augment_strength", 0) == 0
+            if cacheable:
+                trial(
+                    params, number=0, epochs=args.epochs, cache=cache, dirs=dirs, device=args.device
+                )  # fills the cache
+            off, warm = [], []
+            for _ in range(args.repeats):
+                result, seconds = trial(
+                    params, number=0, epochs=args.epochs, cache=None, dirs=dirs, device=args.device
+                )
+                off.append(seconds)
+                if cacheable:
+                    cached, seconds = trial(
+                        params,
+                        number=0,
+                        epochs=args.epochs,
+                        cache=cache,
+                        dirs=dirs,
+                        device=args.device,
+                    )
+                    assert cached.attrs["feature_cache"] == "hit"
+                    warm.append(seconds)
+            t_off = statistics.median(off)
+            t_warm = f"{statistics.median(warm):.2f}" if warm else "n/a (augmentation)"
+            speedup = f"{t_off / statistics.median(warm):.1f}x" if warm else "-"
+            print(
+                f"| {name} | {result.values['accuracy']:.3f} "
+                f"| {result.values['robustness']:.3f} | {t_off:.2f} | {t_warm} | {speedup} |"
+            )
+            components[name] = {
+                k.removeprefix("robustness/"): v
+                for k, v in result.attrs.items()
+                if k.startswith("robustness/")
+            }
+
+        names = list(next(iter(components.values())))
+        print("\n| configuration | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for name, values in components.items():
+            print(f"| {name} | " + " | ".join(f"{values[n]:.3f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
