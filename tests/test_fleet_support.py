@@ -179,6 +179,8 @@ class FleetEnv:
                 self.worker_token,
                 "--worker-id",
                 name,
+                "--device",
+                "cpu",
                 "--objective",
                 f"tests.workers.objectives:{objective}",
                 *args,

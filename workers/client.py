@@ -34,6 +34,8 @@ __all__ = ["Backoff", "Interrupted", "Rejected", "ServiceClient", "Unreachable"]
 log = logging.getLogger("tunefleet.worker")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# The longest Retry-After honoured as given; beyond it the backoff cap applies.
+RETRY_AFTER_MAX_S = 60.0
 
 
 class Rejected(Exception):
@@ -88,11 +90,12 @@ def _message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text[:500]
-    if isinstance(body, dict):
-        for key in ("message", "detail"):
-            if key in body:
-                return str(body[key])
-    return str(body)[:500]
+    # The service answers {"detail": {"code": ..., "message": ...}}; FastAPI's own
+    # errors {"detail": "..."} or {"detail": [...]}.
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict) and "message" in detail:
+        return str(detail["message"])
+    return str(detail)[:500]
 
 
 class ServiceClient:
@@ -216,10 +219,10 @@ class ServiceClient:
                 raise Unreachable(f"POST {path}: {problem}")
             delay = self.backoff.delay(attempt - 1)
             if wait is not None:
-                # The service knows best when it will be back; a little jitter
-                # keeps a fleet from coming back in the same millisecond.
-                delay = min(max(wait, self.backoff.base_s), self.backoff.max_s)
-                delay *= random.uniform(1.0, 1.2)
+                # The service knows best when it will be back (within reason); a
+                # little jitter keeps a fleet from coming back in the same instant.
+                delay = min(max(wait, delay), max(self.backoff.max_s, RETRY_AFTER_MAX_S))
+                delay *= random.uniform(1.0, 1.1)
             log.warning("POST %s failed (%s); retrying in %.1fs", path, problem, delay)
             if abort.wait(delay) or self.abort.is_set():
                 raise Interrupted(f"POST {path}: stopped while retrying ({problem})")
