@@ -153,8 +153,17 @@ def build_sampler(spec: StudySpec, *, study_key: int = 0) -> optuna.samplers.Bas
             seed = s.seed if s.seed is not None else zlib.crc32(f"qmc-{study_key}".encode())
             return optuna.samplers.QMCSampler(qmc_type=s.qmc_type, scramble=s.scramble, seed=seed)
         if isinstance(s, specs.GridSampler):
-            return optuna.samplers.GridSampler(specs.grid_values(spec), seed=s.seed)
+            return _GridSampler(specs.grid_values(spec), seed=s.seed)
     raise AssertionError(f"unhandled sampler {s!r}")
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask-and-tell: its after_trial only calls study.stop()
+    once the grid is covered, which raises outside study.optimize() and would fail
+    every tell from then on. The study's trial budget ends the search instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -94,19 +94,19 @@ class KnownParam:
         """Why `value` is not valid for this parameter, or None when it is."""
         if self.kind == "categorical":
             if not isinstance(value, str) or value not in (self.choices or ()):
-                return f"must be {self.bounds_text()}, got {value!r}"
+                return f"must be {self.bounds_text()}, got {_show(value)}"
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be a number ({self.kind}), got {value!r}"
+            return f"must be a number ({self.kind}), got {_show(value)}"
         if self.kind == "int" and not float(value).is_integer():
-            return f"must be an integer, got {value!r}"
+            return f"must be an integer, got {_show(value)}"
         if not math.isfinite(value):
-            return f"must be finite, got {value!r}"
+            return f"must be finite, got {_show(value)}"
         assert self.min is not None and self.max is not None
         too_low = value <= self.min if self.min_open else value < self.min
         too_high = value >= self.max if self.max_open else value > self.max
         if too_low or too_high:
-            return f"must be {self.bounds_text()}, got {value!r}"
+            return f"must be {self.bounds_text()}, got {_show(value)}"
         return None
 
     def coerce(self, value: Any) -> Any:
@@ -222,6 +222,12 @@ def clean_loc(loc: Loc) -> list[str | int]:
 def field_path(loc: Loc) -> str:
     """The dotted path of a pydantic error location: `search_space.lr.low`."""
     return ".".join(str(part) for part in clean_loc(loc))
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """repr() for messages, cut short: a client may send megabytes of text."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _invalid(message: str) -> PydanticCustomError:
@@ -669,23 +675,25 @@ class StudySpec(_Model):
         scheme, sep, rest = uri.partition(":")
         if not sep or not rest:
             raise _invalid(
-                f"{uri!r} has no scheme: use builtin:<name>, torchvision:<arch> or file:<path>"
+                f"{_show(uri)} has no scheme: use builtin:<name>, torchvision:<arch> or file:<path>"
             )
         if scheme == "builtin":
             if rest not in BUILTIN_MODELS:
                 raise _invalid(
-                    f"unknown built-in model {rest!r}; known: " + ", ".join(BUILTIN_MODELS)
+                    f"unknown built-in model {_show(rest)}; known: " + ", ".join(BUILTIN_MODELS)
                 )
         elif scheme == "torchvision":
             if not _TORCHVISION_ARCH.match(rest):
-                raise _invalid(f"{rest!r} is not a torchvision architecture name")
+                raise _invalid(f"{_show(rest)} is not a torchvision architecture name")
         elif scheme == "file":
             if not rest.endswith(WEIGHT_SUFFIXES):
                 raise _invalid(
-                    "a file: model must end in " + ", ".join(WEIGHT_SUFFIXES) + f", got {rest!r}"
+                    "a file: model must end in "
+                    + ", ".join(WEIGHT_SUFFIXES)
+                    + f", got {_show(rest)}"
                 )
         else:
-            raise _invalid(f"unknown scheme {scheme!r}; known: builtin, torchvision, file")
+            raise _invalid(f"unknown scheme {_show(scheme)}; known: builtin, torchvision, file")
         return uri
 
     @field_validator("dataset")
@@ -693,14 +701,14 @@ class StudySpec(_Model):
     def _check_dataset(cls, uri: str) -> str:
         scheme, sep, rest = uri.partition(":")
         if not sep or not rest:
-            raise _invalid(f"{uri!r} has no scheme: use builtin:<name> or imagefolder:<path>")
+            raise _invalid(f"{_show(uri)} has no scheme: use builtin:<name> or imagefolder:<path>")
         if scheme == "builtin":
             if rest not in BUILTIN_DATASETS:
                 raise _invalid(
-                    f"unknown built-in dataset {rest!r}; known: " + ", ".join(BUILTIN_DATASETS)
+                    f"unknown built-in dataset {_show(rest)}; known: " + ", ".join(BUILTIN_DATASETS)
                 )
         elif scheme != "imagefolder":
-            raise _invalid(f"unknown scheme {scheme!r}; known: builtin, imagefolder")
+            raise _invalid(f"unknown scheme {_show(scheme)}; known: builtin, imagefolder")
         return uri
 
     @field_validator("source_weights")
@@ -708,7 +716,7 @@ class StudySpec(_Model):
     def _check_weights(cls, path: str | None) -> str | None:
         if path is not None and not path.endswith(WEIGHT_SUFFIXES):
             raise _invalid(
-                "source_weights must end in " + ", ".join(WEIGHT_SUFFIXES) + f", got {path!r}"
+                "source_weights must end in " + ", ".join(WEIGHT_SUFFIXES) + f", got {_show(path)}"
             )
         return path
 
@@ -897,7 +905,7 @@ class StudySpec(_Model):
 
 
 def _unknown_param(name: str) -> str:
-    return f"unknown hyperparameter {name!r}; known: " + ", ".join(KNOWN_PARAMS)
+    return f"unknown hyperparameter {_show(name)}; known: " + ", ".join(KNOWN_PARAMS)
 
 
 def _as_float(value: ParamValue) -> ParamValue:
@@ -947,7 +955,7 @@ def validate_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
             errors.append(
                 {
                     "path": path,
-                    "message": f"{name!r} is not in the study's search "
+                    "message": f"{_show(name)} is not in the study's search "
                     "space; searched: " + ", ".join(spec.search_space),
                 }
             )
@@ -977,18 +985,18 @@ def _problem_in_distribution(
     if isinstance(dist, CategoricalParam):
         if _choice_key(value) not in {_choice_key(c) for c in dist.choices}:
             choices = ", ".join(repr(c) for c in dist.choices)
-            return f"must be one of {choices}, got {value!r}"
+            return f"must be one of {choices}, got {_show(value)}"
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
+        return f"must be a finite number, got {_show(value)}"
     if isinstance(dist, IntParam) and not float(value).is_integer():
-        return f"must be an integer, got {value!r}"
+        return f"must be an integer, got {_show(value)}"
     if not dist.low <= value <= dist.high:
-        return f"must be in [{dist.low:g}, {dist.high:g}], got {value!r}"
+        return f"must be in [{dist.low:g}, {dist.high:g}], got {_show(value)}"
     if dist.step is not None:
         k = (value - dist.low) / dist.step
         if abs(k - round(k)) > 1e-8:
-            return f"must be low + a multiple of step {dist.step:g}, got {value!r}"
+            return f"must be low + a multiple of step {dist.step:g}, got {_show(value)}"
     return None
 
 
