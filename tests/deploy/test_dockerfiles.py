@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,3 +291,24 @@ def test_a_dockerfile_that_installs_torch_is_caught():
     for _, words in _pip_installs(instructions):
         names |= _requirement_names([w for w in words if not w.startswith("-")])
     assert "torch" in names
+
+
+def test_what_the_api_image_runs_never_imports_torch():
+    # The API image has no torch: every module of the service and the shared
+    # package must import without it (migrations/env.py runs only inside Alembic).
+    script = (
+        "import importlib, pkgutil, sys\n"
+        "importlib.import_module('migrations')\n"
+        "for package in ('service', 'tunefleet'):\n"
+        "    module = importlib.import_module(package)\n"
+        "    for info in pkgutil.walk_packages(module.__path__, package + '.'):\n"
+        "        if not info.name.endswith('__main__'):\n"
+        "            importlib.import_module(info.name)\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision'})\n"
+        "print(leaked[:3])\n"
+        "sys.exit(1 if leaked else 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"torch is imported: {done.stdout}{done.stderr}"
