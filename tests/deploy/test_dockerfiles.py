@@ -312,3 +312,17 @@ def test_what_the_api_image_runs_never_imports_torch():
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, f"torch is imported: {done.stdout}{done.stderr}"
+
+
+def test_worker_image_runs_the_torch_that_ci_tests_with():
+    # The Makefile pins the torch of the test suite; the image should not differ.
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(r"^TORCH_SPEC\s*\??=\s*(.+)$", makefile, re.MULTILINE)
+    assert match, "Makefile no longer sets TORCH_SPEC: update this test with the new pin"
+    tested = {Requirement(w).name: str(Requirement(w).specifier) for w in match.group(1).split()}
+    args = build_args(read_dockerfile(WORKER))
+    image = {
+        "torch": f"=={args['TORCH_VERSION']}",
+        "torchvision": f"=={args['TORCHVISION_VERSION']}",
+    }
+    assert image == tested

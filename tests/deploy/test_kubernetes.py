@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +217,19 @@ def test_artifact_volume_is_shared_between_api_and_workers(resources):
         artifact_dir = _env(container)["TUNEFLEET_ARTIFACT_DIR"]["value"]
         mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert claims[mounted[artifact_dir]] == "tunefleet-artifacts", name
+
+
+def test_kustomize_renders_every_resource_with_tagged_images(resources):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the checks above cover the manifests one by one")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
+        (r["kind"], r["metadata"]["name"]) for r in resources
+    )
+    for name, pod in _pod_specs(docs):
+        for container in pod["containers"]:
+            assert ":" in container["image"], f"{name} runs an untagged image"
