@@ -1,6 +1,6 @@
 """Accuracy, robustness and time per trial of the trial engine on the built-in task.
 
-    python -m bench.engine_table [--epochs 5] [--repeats 3] [--device cpu]
+    python -m bench.engine_table [--epochs 5] [--repeats 3] [--device cpu] [--threads N]
 
 Prints a Markdown table: three configurations of digits-cnn -> digits 5-9,
 their test accuracy and robustness (the contract's default suite), and the
@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = args.cache_dir or Path(tmp) / "cache"

@@ -7,8 +7,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 _numbers = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and far faster on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

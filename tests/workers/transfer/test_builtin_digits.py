@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from workers.transfer import TrialPruned, builtin, run_trial
@@ -182,3 +183,25 @@ def test_compression_shrinks_params_and_size(
     assert 0 < result.attrs["params"] < 0.5 * result.attrs["params_uncompressed"]
     assert result.values["latency_ms"] > 0 and math.isfinite(result.values["latency_ms"])
     assert 0.0 <= result.attrs["compression/accuracy"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trial_on_cuda_uses_mixed_precision_and_matches_cpu_quality(
+    cache_dir: Path, artifact_dir: Path, make_assignment, reports
+) -> None:
+    _, report = reports
+    for params in ({"unfreeze_blocks": 0, "lr": 1e-2}, {"unfreeze_blocks": 2, "lr": 3e-3}):
+        result = run_trial(
+            make_assignment(
+                params,
+                objectives=[{"metric": "accuracy"}, {"metric": "robustness"}],
+                budget={"epochs": 4},
+            ),
+            report,
+            device="cuda",
+            cache_dir=cache_dir,
+            artifact_dir=artifact_dir,
+        )
+        assert result.attrs["precision"] in ("bfloat16", "float16")
+        assert result.values["accuracy"] >= (0.7 if params["unfreeze_blocks"] == 0 else 0.85)
+        assert 0.0 <= result.values["robustness"] <= 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -203,8 +204,6 @@ def test_fixed_params_fill_in_what_was_not_sampled(
         cache_dir=cache_dir,
         artifact_dir=artifact_dir,
     )
-    import json
-
     config = json.loads((Path(result.artifact).parent / "config.json").read_text())["config"]
     assert config["params"]["lr"] == 5e-3  # sampled beats fixed
     assert config["params"]["head_width"] == 32  # fixed beats the default
