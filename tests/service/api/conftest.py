@@ -4,14 +4,18 @@ with tokens for two users, an admin and a worker."""
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import optuna
 import pytest
 
+from service.optuna_bridge import distributions
 from tests.conftest import ApiServer, create_token, start_api_server
+from tunefleet.spec import StudySpec
 
 USERS = {"alice": "user", "bob": "user", "root": "admin", "gpu-node-1": "worker"}
 _names = itertools.count()
@@ -94,3 +98,20 @@ def error_of(answer: httpx.Response) -> dict[str, Any]:
     body = answer.json()
     assert isinstance(body.get("detail"), dict), body
     return body["detail"]
+
+
+def optuna_storage(api: LiveApi) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.storages.RDBStorage(api.database_url, skip_compatibility_check=True)
+
+
+def run_trials(api: LiveApi, study: dict[str, Any], values: list[list[float]]) -> None:
+    """Complete one trial per entry of `values`, the way the service's workers would."""
+    spec = StudySpec.model_validate(study["spec"])
+    optuna_study = optuna.load_study(
+        study_name=study["optuna_study_name"], storage=optuna_storage(api)
+    )
+    for trial_values in values:
+        trial = optuna_study.ask(distributions(spec))
+        optuna_study.tell(trial, trial_values)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy as sa
 
-from tests.service.api.conftest import LiveApi, create_study, error_of, study_spec, unique_name
+from tests.service.api.conftest import (
+    LiveApi,
+    create_study,
+    error_of,
+    optuna_storage,
+    run_trials,
+    study_spec,
+    unique_name,
+)
 
 STUDIES = "/api/v1/studies"
-
-
-def optuna_storage(api: LiveApi) -> optuna.storages.RDBStorage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return optuna.storages.RDBStorage(api.database_url, skip_compatibility_check=True)
 
 
 def row_count(api: LiveApi, name: str) -> int:
@@ -28,20 +29,6 @@ def row_count(api: LiveApi, name: str) -> int:
         ).scalar_one()
     engine.dispose()
     return n
-
-
-def run_trials(api: LiveApi, study: dict[str, Any], values: list[list[float]]) -> None:
-    """Complete one trial per entry of `values`, the way the service's workers would."""
-    from service.optuna_bridge import distributions
-    from tunefleet.spec import StudySpec
-
-    spec = StudySpec.model_validate(study["spec"])
-    optuna_study = optuna.load_study(
-        study_name=study["optuna_study_name"], storage=optuna_storage(api)
-    )
-    for trial_values in values:
-        trial = optuna_study.ask(distributions(spec))
-        optuna_study.tell(trial, trial_values)
 
 
 # -- create ---------------------------------------------------------------------
