@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from tunefleet.cli_api import ApiCommandError, study_app
+from tunefleet.cli_api import trials as trials_command
 
 app = typer.Typer(
     name="tunefleet",
@@ -16,6 +21,8 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(study_app, name="study")
+app.command("trials")(trials_command)
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -130,9 +137,28 @@ def worker(
 
 
 @app.command()
-def demo() -> None:
-    """Run the built-in demo study end to end on the embedded database."""
-    fail("the demo is not available in this build yet")
+def demo(
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the demo study.")] = 24,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs per trial.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and the training.")] = 0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the demo keeps its files [TUNEFLEET_DATA_DIR].")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run the built-in study end to end: API, workers, live progress, Pareto front."""
+    from tunefleet.demo import run_demo
+
+    run_demo(
+        Console(),
+        trials=trials,
+        epochs=epochs,
+        workers=workers,
+        data_dir=data_dir,
+        database_url=database_url,
+        seed=seed,
+    )
 
 
 @token_app.command("create")
@@ -171,14 +197,14 @@ def main() -> None:
 
     try:
         app()
-    except CliError as error:
-        err.print(f"[red]error:[/red] {error}")
+    except (CliError, ApiCommandError) as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         sys.exit(1)
     except SettingsError as error:
-        err.print(f"[red]error:[/red] bad setting: {error}")
+        err.print(f"[red]error:[/red] bad setting: {escape(str(error))}", highlight=False)
         sys.exit(2)
     except TuneFleetError as error:
-        err.print(f"[red]error:[/red] {error.message}")
+        err.print(f"[red]error:[/red] {escape(error.message)}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

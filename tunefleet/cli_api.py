@@ -1,0 +1,235 @@
+"""`tunefleet study ...` and `tunefleet trials ...`: the user API from a terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from tunefleet.client import ApiError, TuneFleetClient
+from tunefleet.views import best_table, studies_table, summary_line, trials_table, watch_study
+
+study_app = typer.Typer(help="Create, inspect and control studies.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+
+Service = Annotated[
+    str,
+    typer.Option(
+        "--service", envvar="TUNEFLEET_SERVICE_URL", help="URL of the TuneFleet API.",
+    ),
+]
+Token = Annotated[
+    str,
+    typer.Option("--token", envvar="TUNEFLEET_TOKEN", help="A user or admin token.",
+                 show_default=False),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON, for scripts.")]
+StudyRef = Annotated[str, typer.Argument(help="The study's name or id.")]
+DEFAULT_SERVICE = "http://127.0.0.1:8000"
+
+
+class ApiCommandError(Exception):
+    """Printed as one line by the CLI's entry point."""
+
+
+def _client(service: str, token: str) -> TuneFleetClient:
+    if not token:
+        raise ApiCommandError(
+            "no token: pass --token or set TUNEFLEET_TOKEN "
+            "(make one with `tunefleet token create --scope user --owner NAME`)"
+        )
+    return TuneFleetClient(service, token)
+
+
+def _call(service: str, token: str, fn, *args: Any, **kwargs: Any) -> Any:
+    with _client(service, token) as client:
+        try:
+            return fn(client, *args, **kwargs)
+        except ApiError as error:
+            raise ApiCommandError(_explain(error)) from None
+
+
+def _explain(error: ApiError) -> str:
+    hint = {
+        401: " (check --token / TUNEFLEET_TOKEN)",
+        403: " (this token's scope may not do that)",
+    }.get(error.status, "")
+    return f"{error}{hint}"
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _read_spec(path: str) -> dict:
+    from tunefleet.spec import SpecError, StudySpec
+
+    text = sys.stdin.read() if path == "-" else _read_file(path)
+    try:
+        spec = StudySpec.from_text(text)
+    except SpecError as error:
+        raise ApiCommandError(f"{path}: {error}") from None
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def _read_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        raise ApiCommandError(f"cannot read {path}: {error.strerror}") from None
+
+
+@study_app.command("create")
+def create(
+    file: Annotated[str, typer.Option("-f", "--file", help="Spec in YAML or JSON; - for stdin.")],
+    service: Service = DEFAULT_SERVICE,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Create a study from a spec file (validated here first, then by the service)."""
+    spec = _read_spec(file)
+    study = _call(service, token, TuneFleetClient.create_study, spec)
+    if as_json:
+        _print_json(study)
+    else:
+        out.print(f"created study {study['name']} (id {study['id']})")
+
+
+@study_app.command("list")
+def list_studies(
+    state: Annotated[str | None, typer.Option(help="running, paused, stopped, completed.")] = None,
+    limit: int = 50,
+    offset: int = 0,
+    service: Service = DEFAULT_SERVICE,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """List your studies."""
+    page = _call(service, token, TuneFleetClient.list_studies, state=state, limit=limit,
+                 offset=offset)
+    if as_json:
+        _print_json(page)
+        return
+    out.print(studies_table(page["data"]))
+    out.print(f"{len(page['data'])} of {page['count']}")
+
+
+@study_app.command("show")
+def show(
+    study: StudyRef, service: Service = DEFAULT_SERVICE, token: Token = "", as_json: AsJson = False
+) -> None:
+    """A study's state, trial counts and best trial (or Pareto front)."""
+    data = _call(service, token, TuneFleetClient.study, study)
+    if as_json:
+        _print_json(data)
+        return
+    out.print(summary_line(data))
+    out.print(best_table(data))
+
+
+def _control(action: str):
+    def command(
+        study: StudyRef, service: Service = DEFAULT_SERVICE, token: Token = "",
+        as_json: AsJson = False,
+    ) -> None:
+        data = _call(service, token, TuneFleetClient.control, study, action)
+        if as_json:
+            _print_json(data)
+        else:
+            out.print(f"study {data['name']} is {data['state']}")
+
+    command.__doc__ = {
+        "pause": "Pause: no new trials; running ones are told to stop at their next heartbeat.",
+        "resume": "Resume a paused study.",
+        "stop": "Stop for good: no new trials; running ones stop at their next heartbeat.",
+    }[action]
+    return command
+
+
+for _action in ("pause", "resume", "stop"):
+    study_app.command(_action)(_control(_action))
+
+
+@study_app.command("delete")
+def delete(
+    study: StudyRef,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    service: Service = DEFAULT_SERVICE,
+    token: Token = "",
+) -> None:
+    """Delete a study and its Optuna study, trials included."""
+    if not yes and not typer.confirm(f"Delete study {study} and all its trials?"):
+        raise typer.Exit(1)
+    _call(service, token, TuneFleetClient.delete_study, study)
+    out.print(f"deleted study {study}")
+
+
+@study_app.command("watch")
+def watch(
+    study: StudyRef,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    service: Service = DEFAULT_SERVICE,
+    token: Token = "",
+) -> None:
+    """Live progress until the study finishes (Ctrl-C stops watching, not the study)."""
+    final = _call(service, token, lambda c: watch_study(c, study, out, interval_s=interval))
+    out.print(best_table(final))
+
+
+@study_app.command("enqueue")
+def enqueue(
+    study: StudyRef,
+    param: Annotated[
+        list[str], typer.Option("--param", "-p", help="name=value; repeat for each parameter.")
+    ],
+    service: Service = DEFAULT_SERVICE,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Queue a trial with fixed parameters; the next free worker runs it."""
+    params: dict[str, Any] = {}
+    for item in param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ApiCommandError(f"--param {item!r}: write it as name=value, e.g. lr=0.01")
+        params[name] = yaml.safe_load(value)
+    data = _call(service, token, TuneFleetClient.enqueue, study, params)
+    if as_json:
+        _print_json(data)
+    else:
+        out.print(f"queued trial with {params}")
+
+
+def trials(
+    study: StudyRef,
+    state: Annotated[
+        str | None, typer.Option(help="complete, running, pruned, fail or waiting.")
+    ] = None,
+    order_by: Annotated[
+        str | None,
+        typer.Option("--order-by", help="An objective's metric; best first."),
+    ] = None,
+    limit: int = 50,
+    offset: int = 0,
+    service: Service = DEFAULT_SERVICE,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """List a study's trials, filtered by state and sorted by an objective."""
+
+    def fetch(client: TuneFleetClient) -> tuple[dict, dict]:
+        return client.study(study), client.trials(
+            study, state=state, order_by=order_by, limit=limit, offset=offset
+        )
+
+    data, page = _call(service, token, fetch)
+    if as_json:
+        _print_json(page)
+        return
+    out.print(trials_table(data, page["data"]))
+    out.print(f"{len(page['data'])} of {page['count']}")
