@@ -63,32 +63,38 @@ def create_study(
 ) -> StudyDetail:
     """Create a study and its Optuna study; Conflict if the owner has one of that name."""
     bridge.check_server_support(spec)
+    # Our row is committed before Optuna writes and completed after, so no
+    # transaction of ours holds a write lock while Optuna's engine writes
+    # (SQLite, the demo's database, has a single writer). Until its Optuna study
+    # exists the row is paused, which keeps the scheduler away from it.
     record = StudyRecord(
         owner=owner,
         name=spec.name,
         spec=spec.model_dump(mode="json"),
-        state="running",
+        state="paused",
         priority=spec.priority,
         optuna_study_name=optuna_study_name(owner=owner, name=spec.name),
     )
     session.add(record)
     try:
-        # Holds the (owner, name) key until commit: a concurrent create of the
-        # same name waits here, then gets the conflict.
-        session.flush()
+        session.commit()
     except IntegrityError:
+        session.rollback()
         raise Conflict(
             f"you already have a study named {spec.name!r}: pick another name or delete it",
             path=["name"],
         ) from None
-    record.optuna_study_id = bridge.create_optuna_study(
-        storage, name=record.optuna_study_name, spec=spec, study_key=record.id
-    )
     try:
-        session.commit()
+        record.optuna_study_id = bridge.create_optuna_study(
+            storage, name=record.optuna_study_name, spec=spec, study_key=record.id
+        )
     except Exception:
-        bridge.delete_optuna_study(storage, optuna_study_id=record.optuna_study_id)
+        session.rollback()
+        session.delete(record)
+        session.commit()
         raise
+    record.state = "running"
+    session.commit()
     return study_detail(session, storage, record=record)
 
 
