@@ -97,13 +97,21 @@ def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
 
 
 def check_server_support(spec: StudySpec) -> None:
-    """Reject a valid spec that this server cannot run (an optional package is missing)."""
+    """Reject a valid spec that this server cannot run: an optional package is missing,
+    or Optuna refuses the sampler or pruner options (found now, not at the first lease)."""
     if spec.sampler.type == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise InvalidSpec(
             "the cmaes sampler needs the 'cmaes' package, which this server does not have; "
             "choose another sampler or ask the operator to install it",
             path=["sampler", "type"],
         )
+    for part, build in (("sampler", build_sampler), ("pruner", build_pruner)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                build(spec)
+        except (ValueError, TypeError) as error:
+            raise InvalidSpec(f"Optuna refuses this {part}: {error}", path=[part]) from None
 
 
 def build_sampler(spec: StudySpec, *, study_key: int = 0) -> optuna.samplers.BaseSampler:

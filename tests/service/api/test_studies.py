@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -79,6 +81,22 @@ def test_create_study_with_a_taken_name_is_409(live_api: LiveApi) -> None:
     assert again.status_code == 409
     assert spec["name"] in error_of(again)["message"]
     assert row_count(live_api, spec["name"]) == 1
+
+
+def test_concurrent_creates_of_one_name_make_one_study(live_api: LiveApi) -> None:
+    spec = study_spec()
+
+    def create(_: int) -> int:
+        with httpx.Client(base_url=live_api.url, timeout=60) as client:
+            headers = {"Authorization": f"Bearer {live_api.tokens['alice']}"}
+            return client.post(STUDIES, json=spec, headers=headers).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = sorted(pool.map(create, range(4)))
+    assert statuses == [201, 409, 409, 409]
+    assert row_count(live_api, spec["name"]) == 1
+    names = optuna.get_all_study_names(storage=optuna_storage(live_api))
+    assert names.count(f"alice/{spec['name']}") == 1
 
 
 def test_another_owner_may_use_the_same_name(live_api: LiveApi) -> None:
