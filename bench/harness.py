@@ -165,6 +165,7 @@ class Service:
     url: str
     database_url: str
     api_workers: int
+    pid: int
     user_token: str
     worker_token: str
 
@@ -186,6 +187,7 @@ def api_service(database_url: str, *, api_workers: int = 1) -> Iterator[Service]
                 url=server.url,
                 database_url=database_url,
                 api_workers=api_workers,
+                pid=server.proc.pid,
                 user_token=fixtures.create_token(database_url, scope="user", owner="bench"),
                 worker_token=fixtures.create_token(database_url, scope="worker", owner="bench"),
             )

@@ -6,8 +6,9 @@ study holds 100, 1000 and 2000 completed trials; the same number of ask plus
 tell on Optuna's RDBStorage (same database, the sampler the service builds
 from the same spec, seed 0 on both sides) at the same sizes. The trials that
 make up a size are added with `study.add_trials` (random parameters, their
-quadratic value) into the Optuna study the service created, and into the
-baseline's study.
+quadratic value) into the Optuna study the service created, each with a
+completed row in the service's lease table as if a worker had run it, and
+into the baseline's study.
 
     .venv/bin/python -m bench.lease_latency [--tiny] [--sizes 100 1000 2000] [--samples S]
 
@@ -48,6 +49,27 @@ def top_up(study, spec: dict, size: int) -> float:
     if size > have:
         study.add_trials(quadratic.random_completed_trials(spec, size - have, seed=size))
     return time.perf_counter() - started
+
+
+def record_leases(database_url: str, *, study_id: int, optuna_study_id: int) -> None:
+    """A completed lease for every trial that has none, as if workers had run them all:
+    the service's queries over its lease table then see a study of this size."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO tf_leases (trial_id, study_id, number, worker_id, device, state,"
+                " leased_at, heartbeat_at, expires_at, finished_at)"
+                " SELECT t.trial_id, :study_id, t.number, 'bench-fill', 'cpu', 'completed',"
+                " now(), now(), now(), now() FROM trials t"
+                " WHERE t.study_id = :optuna_study_id"
+                " AND NOT EXISTS (SELECT 1 FROM tf_leases l WHERE l.trial_id = t.trial_id)"
+            ),
+            {"study_id": study_id, "optuna_study_id": optuna_study_id},
+        )
+    engine.dispose()
 
 
 def service_cycles(http, worker_id: str, samples: int) -> dict[str, list[float]]:
@@ -97,8 +119,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=None, help="cycles measured per size")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sizes = sorted(args.sizes or ([10, 30] if args.tiny else [100, 1000, 2000]))
-    samples = args.samples or (5 if args.tiny else 40)
+    sizes = sorted(args.sizes or ([5, 10] if args.tiny else [100, 1000, 2000]))
+    samples = args.samples or (3 if args.tiny else 40)
     max_trials = sizes[-1] + (len(sizes) + 1) * (samples + WARMUP_CYCLES) + 10
 
     rows: list[dict[str, Any]] = []
@@ -119,6 +141,9 @@ def main() -> None:
             worker_id = f"bench-{name}"
             for index, size in enumerate(sizes):
                 fill_s = top_up(served_study, spec, size)
+                record_leases(
+                    database_url, study_id=created["id"], optuna_study_id=served_study._study_id
+                )
                 top_up(direct_study, spec, size)
                 if index == 0:  # first lease loads the study into the API process
                     service_cycles(http, worker_id, WARMUP_CYCLES)

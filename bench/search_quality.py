@@ -138,8 +138,8 @@ def main() -> None:
     apply_threads(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = args.seeds or (2 if args.tiny else 5)
-    trials = args.trials or (3 if args.tiny else 30)
-    epochs = args.epochs or (2 if args.tiny else 6)
+    trials = args.trials or (2 if args.tiny else 30)
+    epochs = args.epochs or (1 if args.tiny else 6)
     arms = ("tpe_hyperband", "random_nopruning")
 
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}

@@ -157,7 +157,7 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker_counts = args.workers or ([1, 2] if args.tiny else [1, 4, 16])
-    trials = args.trials or (12 if args.tiny else 300)
+    trials = args.trials or (8 if args.tiny else 300)
     api_workers = args.api_workers or ([1] if args.tiny else [1, 2])
 
     runs: list[dict[str, Any]] = []

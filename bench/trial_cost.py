@@ -129,7 +129,7 @@ def main() -> None:
     args = p.parse_args()
     apply_threads(args)
     repeats = args.repeats or (1 if args.tiny else 9)
-    epochs = args.epochs or (2 if args.tiny else 10)
+    epochs = args.epochs or (1 if args.tiny else 10)
 
     with tempfile.TemporaryDirectory(prefix="tf-bench-cost-") as tmp:
         dirs = Path(tmp)

@@ -1,0 +1,95 @@
+"""Every benchmark runs at its tiny size and writes well-formed JSON with positive figures.
+
+No timing is asserted: speed is a ratio the benchmarks report, not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def run_benchmark(args: list[str], out: Path) -> dict:
+    result = subprocess.run(
+        [*args, "--tiny", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "|---" in result.stdout  # the summary table
+    files = list(out.glob("*.json"))
+    assert len(files) == 1, files
+    body = json.loads(files[0].read_text())
+    assert body["tiny"] is True
+    assert body["machine"]["cpus"] >= 1
+    return body
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def module(name: str) -> list[str]:
+    return [sys.executable, "-m", f"bench.{name}"]
+
+
+def test_service_throughput_reports_trials_per_second_of_both_sides(tmp_path: Path) -> None:
+    body = run_benchmark(module("service_throughput"), tmp_path)
+    assert body["runs"]
+    for run in body["runs"]:
+        assert run["service"]["trials"] == body["config"]["trials_per_run"]
+        assert run["optuna"]["trials"] == body["config"]["trials_per_run"]
+        assert positive(run["service"]["trials_per_s"])
+        assert positive(run["optuna"]["trials_per_s"])
+        assert positive(run["ratio_service_over_optuna"])
+
+
+def test_lease_latency_reports_median_and_p90_per_size(tmp_path: Path) -> None:
+    body = run_benchmark(module("lease_latency"), tmp_path)
+    sizes = [row["completed_trials"] for row in body["sizes"]]
+    assert sizes == body["config"]["sizes"]
+    for row in body["sizes"]:
+        for side in ("service", "optuna"):
+            cycle = row[side]["cycle_ms"]
+            assert cycle["n"] == body["config"]["samples_per_size"]
+            assert positive(cycle["median"]) and cycle["p90"] >= cycle["median"]
+        assert positive(row["ratio_median_service_over_optuna"])
+
+
+def test_trial_cost_reports_overhead_and_cache_speedup(tmp_path: Path) -> None:
+    body = run_benchmark(module("trial_cost"), tmp_path)
+    for key in ("overhead_ratio_head", "overhead_ratio_finetune1", "feature_cache_speedup"):
+        assert positive(body[key]), key
+    for stats in body["trial_s"].values():
+        assert positive(stats["median"])
+    assert all(0 <= acc <= 1 for acc in body["test_accuracy"].values())
+
+
+def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> None:
+    body = run_benchmark(module("search_quality"), tmp_path)
+    assert 0 < body["best_accuracy_any_run"] <= 1
+    for out in body["thresholds"].values():
+        for arm in out["arms"].values():
+            assert arm["runs"] == body["config"]["seeds"]
+            assert positive(arm["median_trials"]) and positive(arm["median_seconds"])
+        assert positive(out["ratio_trials_random_over_tpe"])
+
+
+def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:
+    body = run_benchmark(["bash", "bench/gpu.sh"], tmp_path)
+    assert body["config"]["size"] == 32
+    assert set(body["variants"]) == {"fp32", "amp", "fp32+cache", "amp+cache"}
+    for variant in body["variants"].values():
+        assert positive(variant["images_per_s"]) and positive(variant["trials_per_min"])
