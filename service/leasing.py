@@ -12,11 +12,9 @@ import math
 from datetime import timedelta
 
 import optuna
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import session_scope
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.models import Lease, StudyRecord
 from service.optuna_bridge import (
@@ -26,7 +24,13 @@ from service.optuna_bridge import (
     record_intermediate,
     set_trial_progress,
 )
-from service.scheduling import fail_and_requeue, settle_study, study_of, utcnow
+from service.scheduling import (
+    fail_and_requeue,
+    lease_worker_attrs,
+    settle_study,
+    study_of,
+    utcnow,
+)
 from tunefleet.protocol import (
     HeartbeatAck,
     Progress,
@@ -73,8 +77,8 @@ def _outcome(lease: Lease) -> TrialOutcome:
 
 
 def heartbeat(
+    session: Session,
     *,
-    engine: Engine,
     storage: optuna.storages.BaseStorage,
     settings: Settings,
     trial_id: int,
@@ -82,51 +86,51 @@ def heartbeat(
 ) -> HeartbeatAck:
     """Extend the lease; say stop when the study is paused or stopped or the lease is gone."""
     progress_dict = progress.model_dump(exclude_none=True) if progress else None
-    with session_scope(engine) as session:
-        lease = _locked_lease(session, trial_id)
-        if lease.state != "active":
-            return HeartbeatAck(stop=True, reason=f"the lease is {lease.state}")
-        now = utcnow()
-        lease.heartbeat_at = now
-        lease.expires_at = now + timedelta(seconds=settings.grace_period_s)
-        new_progress = progress_dict is not None and progress_dict != lease.progress
-        if new_progress:
-            lease.progress = progress_dict
-        state = session.get_one(StudyRecord, lease.study_id).state
-        ack = HeartbeatAck(
-            stop=state in _STOPPING_STUDY_STATES,
-            reason=f"the study was {state}" if state in _STOPPING_STUDY_STATES else None,
-            lease_expires_at=lease.expires_at,
-        )
+    lease = _locked_lease(session, trial_id)
+    if lease.state != "active":
+        return HeartbeatAck(stop=True, reason=f"the lease is {lease.state}")
+    now = utcnow()
+    lease.heartbeat_at = now
+    lease.expires_at = now + timedelta(seconds=settings.grace_period_s)
+    new_progress = progress_dict is not None and progress_dict != lease.progress
+    if new_progress:
+        lease.progress = progress_dict
+    state = session.get_one(StudyRecord, lease.study_id).state
+    ack = HeartbeatAck(
+        stop=state in _STOPPING_STUDY_STATES,
+        reason=f"the study was {state}" if state in _STOPPING_STUDY_STATES else None,
+        lease_expires_at=lease.expires_at,
+    )
+    session.commit()
     if new_progress:
         set_trial_progress(storage, trial_id, progress_dict)
     return ack
 
 
 def report_intermediate(
+    session: Session,
     *,
-    engine: Engine,
     storage: optuna.storages.BaseStorage,
     trial_id: int,
     step: int,
     value: float,
 ) -> bool:
     """Record a validation value; True when the pruner stopped the trial (now PRUNED)."""
-    with session_scope(engine) as session:
-        lease = _locked_lease(session, trial_id)
-        if lease.state not in ("active", "pruned"):
-            raise _lease_gone(lease)
-        record = session.get_one(StudyRecord, lease.study_id)
-        prune = record_intermediate(
-            study_of(storage, record), trial_id=trial_id, step=step, value=value
-        )
-        pruned_now = prune and lease.state == "active"
-        if pruned_now:
-            lease.state = "pruned"
-            lease.finished_at = utcnow()
-            lease.outcome = {"state": "PRUNED", "reason": f"pruned at step {step}"}
+    lease = _locked_lease(session, trial_id)
+    if lease.state not in ("active", "pruned"):
+        raise _lease_gone(lease)
+    record = session.get_one(StudyRecord, lease.study_id)
+    prune = record_intermediate(
+        study_of(storage, record), trial_id=trial_id, step=step, value=value
+    )
+    pruned_now = prune and lease.state == "active"
     if pruned_now:
-        settle_study(engine=engine, storage=storage, study_id=lease.study_id)
+        lease.state = "pruned"
+        lease.finished_at = utcnow()
+        lease.outcome = {"state": "PRUNED", "reason": f"pruned at step {step}"}
+    session.commit()
+    if pruned_now:
+        settle_study(session, storage=storage, study_id=lease.study_id)
     return prune
 
 
@@ -136,102 +140,104 @@ def _fingerprint(values: dict[str, float]) -> dict[str, str]:
 
 
 def complete_trial(
+    session: Session,
     *,
-    engine: Engine,
     storage: optuna.storages.BaseStorage,
     trial_id: int,
     completion: TrialCompletion,
 ) -> TrialOutcome:
     """Tell the final values; NaN or infinite values fail the trial with a reason."""
-    with session_scope(engine) as session:
-        lease = _locked_lease(session, trial_id)
-        record = session.get_one(StudyRecord, lease.study_id)
-        metrics = [o["metric"] for o in record.spec["objectives"]]
-        missing = [m for m in metrics if m not in completion.values]
-        extra = sorted(set(completion.values) - set(metrics))
-        if missing or extra:
-            raise InvalidSpec(
-                f"values must have one number for each objective of the study {metrics}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; not objectives of this study: {extra}" if extra else ""),
-                path=["values", (missing or extra)[0]],
-            )
-        fingerprint = _fingerprint(completion.values)
-        values = [float(completion.values[m]) for m in metrics]
-        if lease.state != "active":
-            if (lease.outcome or {}).get("request") == fingerprint:
-                return _outcome(lease)  # the same call again: the same answer
-            trial = get_frozen_trial(storage, trial_id)
-            if trial.state.name == "COMPLETE" and trial.values == values:
-                # Told before the lease was settled (the database went away in
-                # between): the result is in, whatever the lease says.
-                return TrialOutcome(
-                    trial_id=trial_id,
-                    number=lease.number,
-                    state="COMPLETE",
-                    values=dict(zip(metrics, values, strict=True)),
-                )
-            if lease.state == "completed":
-                raise Conflict(
-                    f"trial {lease.number} was already completed with values "
-                    f"{lease.outcome['values']}; values cannot be changed"
-                )
-            raise _lease_gone(lease)
-        now = utcnow()
-        if not all(math.isfinite(v) for v in values):
-            reason = f"the trial returned non-finite values {completion.values}"
-            trial, _ = fail_leased_trial(
-                storage,
+    lease = _locked_lease(session, trial_id)
+    record = session.get_one(StudyRecord, lease.study_id)
+    metrics = [o["metric"] for o in record.spec["objectives"]]
+    missing = [m for m in metrics if m not in completion.values]
+    extra = sorted(set(completion.values) - set(metrics))
+    if missing or extra:
+        raise InvalidSpec(
+            f"values must have one number for each objective of the study {metrics}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; not objectives of this study: {extra}" if extra else ""),
+            path=["values", (missing or extra)[0]],
+        )
+    fingerprint = _fingerprint(completion.values)
+    values = [float(completion.values[m]) for m in metrics]
+    if lease.state != "active":
+        if (lease.outcome or {}).get("request") == fingerprint:
+            return _outcome(lease)  # the same call again: the same answer
+        trial = get_frozen_trial(storage, trial_id)
+        if trial.state.name == "COMPLETE" and trial.values == values:
+            # Told before the lease was settled (the database went away in
+            # between): the result is in, whatever the lease says.
+            return TrialOutcome(
                 trial_id=trial_id,
-                optuna_study_id=study_of(storage, record).study._study_id,
-                reason=reason,
+                number=lease.number,
+                state="COMPLETE",
+                values=dict(zip(metrics, values, strict=True)),
             )
-            lease.state = "failed"
-            lease.outcome = {"state": trial.state.name, "reason": reason, "request": fingerprint}
-        else:
-            complete_leased_trial(
-                study_of(storage, record),
-                trial_id=trial_id,
-                values=values,
-                attrs=completion.attrs,
-                artifact=completion.artifact,
+        if lease.state == "completed":
+            raise Conflict(
+                f"trial {lease.number} was already completed with values "
+                f"{lease.outcome['values']}; values cannot be changed"
             )
-            lease.state = "completed"
-            lease.outcome = {
-                "state": "COMPLETE",
-                "values": dict(zip(metrics, values, strict=True)),
-                "request": fingerprint,
-            }
-        lease.finished_at = now
-        answer = _outcome(lease)
-    settle_study(engine=engine, storage=storage, study_id=lease.study_id)
+        raise _lease_gone(lease)
+    now = utcnow()
+    if not all(math.isfinite(v) for v in values):
+        reason = f"the trial returned non-finite values {completion.values}"
+        trial, _ = fail_leased_trial(
+            storage,
+            trial_id=trial_id,
+            optuna_study_id=study_of(storage, record).study._study_id,
+            reason=reason,
+            worker=lease_worker_attrs(lease),
+        )
+        lease.state = "failed"
+        lease.outcome = {"state": trial.state.name, "reason": reason, "request": fingerprint}
+    else:
+        complete_leased_trial(
+            study_of(storage, record),
+            trial_id=trial_id,
+            values=values,
+            attrs=completion.attrs,
+            artifact=completion.artifact,
+            worker=lease_worker_attrs(lease),
+        )
+        lease.state = "completed"
+        lease.outcome = {
+            "state": "COMPLETE",
+            "values": dict(zip(metrics, values, strict=True)),
+            "request": fingerprint,
+        }
+    lease.finished_at = now
+    answer = _outcome(lease)
+    session.commit()
+    settle_study(session, storage=storage, study_id=lease.study_id)
     return answer
 
 
 def fail_trial(
+    session: Session,
     *,
-    engine: Engine,
     storage: optuna.storages.BaseStorage,
     trial_id: int,
     failure: TrialFailure,
 ) -> TrialOutcome:
     """Fail the trial with the worker's reason; re-queue it when the worker let go of it."""
     requeue = failure.wants_requeue()
-    with session_scope(engine) as session:
-        lease = _locked_lease(session, trial_id)
-        if lease.state != "active":
-            if (
-                lease.state in ("failed", "released")
-                and (lease.outcome or {}).get("reason") == failure.reason
-            ):
-                return _outcome(lease)
-            raise _lease_gone(lease)
-        record = session.get_one(StudyRecord, lease.study_id)
-        lease.outcome = fail_and_requeue(
-            storage=storage, record=record, lease=lease, reason=failure.reason, requeue=requeue
-        )
-        lease.state = "released" if requeue else "failed"
-        lease.finished_at = utcnow()
-        answer = _outcome(lease)
-    settle_study(engine=engine, storage=storage, study_id=lease.study_id)
+    lease = _locked_lease(session, trial_id)
+    if lease.state != "active":
+        if (
+            lease.state in ("failed", "released")
+            and (lease.outcome or {}).get("reason") == failure.reason
+        ):
+            return _outcome(lease)
+        raise _lease_gone(lease)
+    record = session.get_one(StudyRecord, lease.study_id)
+    lease.outcome = fail_and_requeue(
+        storage=storage, record=record, lease=lease, reason=failure.reason, requeue=requeue
+    )
+    lease.state = "released" if requeue else "failed"
+    lease.finished_at = utcnow()
+    answer = _outcome(lease)
+    session.commit()
+    settle_study(session, storage=storage, study_id=lease.study_id)
     return answer

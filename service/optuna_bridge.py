@@ -39,6 +39,7 @@ from optuna.distributions import (
 )
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models as rdb
+from optuna.storages._rdb.storage import _create_scoped_session as _rdb_session
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy.orm import Session, selectinload
@@ -549,13 +550,47 @@ def loaded_study(
         return _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
 
 
-def ask_leased_trial(entry: LoadedStudy, *, worker_id: str, device: str) -> FrozenTrial:
-    """Start a trial: a WAITING one (enqueued or re-queued) first, else a sampled one."""
+def ask_leased_trial(entry: LoadedStudy) -> FrozenTrial:
+    """Start a trial: a WAITING one (enqueued or re-queued) first, else a sampled one.
+
+    Who runs it is on its lease; the worker id and device go into the trial's
+    user attributes when it finishes (one commit then, none extra now).
+    """
     with entry.lock:
         trial = entry.study.ask(fixed_distributions=entry.distributions)
-        trial.set_user_attr(ATTR_WORKER_ID, worker_id)
-        trial.set_user_attr(ATTR_DEVICE, device)
         return entry.storage.get_trial(trial._trial_id)
+
+
+def _finish_trial(
+    storage: BaseStorage,
+    trial_id: int,
+    *,
+    state: TrialState,
+    values: list[float] | None = None,
+    user_attrs: dict[str, Any],
+) -> None:
+    """User attributes, values and the final state in one transaction: one commit
+    instead of one per attribute, and a retried call never finds half a result.
+
+    Raises UpdateFinishedTrialError when the trial already finished.
+    """
+    backend = storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
+    if not isinstance(backend, RDBStorage):
+        for key, value in user_attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_state_values(trial_id, state, values)
+        return
+    with _rdb_session(backend.scoped_session) as session:
+        trial = rdb.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        backend.check_trial_is_updatable(trial_id, trial.state)
+        for key, value in user_attrs.items():
+            backend._set_trial_attr_without_commit(
+                session, rdb.TrialUserAttributeModel, trial_id, key, value
+            )
+        for objective, value in enumerate(values or ()):
+            backend._set_trial_value_without_commit(session, trial, objective, value)
+        trial.state = state
+        trial.datetime_complete = datetime.now()
 
 
 def get_frozen_trial(storage: BaseStorage, trial_id: int) -> FrozenTrial:
@@ -601,20 +636,27 @@ def record_intermediate(entry: LoadedStudy, *, trial_id: int, step: int, value: 
 
 
 def complete_leased_trial(
-    entry: LoadedStudy, *, trial_id: int, values: list[float], attrs: dict, artifact: str | None
+    entry: LoadedStudy,
+    *,
+    trial_id: int,
+    values: list[float],
+    attrs: dict,
+    artifact: str | None,
+    worker: dict[str, str],
 ) -> FrozenTrial:
-    """Tell the values; a retry of a tell that already went through is accepted."""
+    """Tell the values with the worker's attrs; a retry of a tell that went through is accepted."""
     storage = entry.storage
     trial = storage.get_trial(trial_id)
     if trial.state == TrialState.RUNNING:
-        for key, value in attrs.items():
-            if key not in RESERVED_TRIAL_ATTRS:
-                storage.set_trial_user_attr(trial_id, key, value)
+        user_attrs = {k: v for k, v in attrs.items() if k not in RESERVED_TRIAL_ATTRS}
+        user_attrs |= worker
         if artifact is not None:
-            storage.set_trial_user_attr(trial_id, ATTR_ARTIFACT, artifact)
+            user_attrs[ATTR_ARTIFACT] = artifact
         # Finished meanwhile (a retried tell, a reaper): judged below.
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
+            _finish_trial(
+                storage, trial_id, state=TrialState.COMPLETE, values=values, user_attrs=user_attrs
+            )
         trial = storage.get_trial(trial_id)
     if (
         trial.state != TrialState.COMPLETE
@@ -635,6 +677,7 @@ def fail_leased_trial(
     optuna_study_id: int,
     reason: str,
     requeue: bool = False,
+    worker: dict[str, str] | None = None,
 ) -> tuple[FrozenTrial, FrozenTrial | None]:
     """Mark a running trial FAIL with the reason as a user attribute, and with
     ``requeue`` queue a WAITING trial with its parameters first.
@@ -646,13 +689,13 @@ def fail_leased_trial(
     if trial.state != TrialState.RUNNING:
         return trial, _retry_of(storage, trial, optuna_study_id)
     retry = None
+    user_attrs = {ATTR_FAIL_REASON: reason, **(worker or {})}
     if requeue:
         retry = _queue_retry(storage, failed=trial, study_id=optuna_study_id)
         # Lineage both ways; a finished trial's attributes cannot change, so now.
-        storage.set_trial_user_attr(trial_id, ATTR_RETRIED_AS, retry.number)
-    storage.set_trial_user_attr(trial_id, ATTR_FAIL_REASON, reason)
+        user_attrs[ATTR_RETRIED_AS] = retry.number
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        _finish_trial(storage, trial_id, state=TrialState.FAIL, user_attrs=user_attrs)
     return storage.get_trial(trial_id), retry
 
 

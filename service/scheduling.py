@@ -1,9 +1,9 @@
 """Which study's trial a lease gets, and the reaper of stale leases.
 
 Fair share: among running studies with work left, a lease goes to the study
-with the fewest active leases per unit of weight (``priority + 1``), ties
-broken by the fewest leases so far per unit of weight, so with N busy workers
-two studies of priority 3 and 0 settle at about 4:1.
+with the least load per unit of weight (``priority + 1``), the load being its
+running trials plus those it was handed in the last minute; two studies of
+priority 3 and 0 share the workers about 4:1.
 
 Atomicity: the budget check and ``study.ask`` run while this process holds the
 study's lock and the database holds the study's row lock (``SELECT ... FOR
@@ -31,6 +31,8 @@ from service.db import is_connection_error, session_scope
 from service.errors import DatabaseUnavailable
 from service.models import Lease, StudyRecord
 from service.optuna_bridge import (
+    ATTR_DEVICE,
+    ATTR_WORKER_ID,
     LoadedStudy,
     ask_leased_trial,
     fail_leased_trial,
@@ -52,6 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# How far back the leases handed out count towards a study's share.
+FAIR_SHARE_WINDOW_S = 60.0
 # pg_try_advisory_xact_lock key: one reaper at a time across API processes.
 _REAPER_LOCK_KEY = 0x7475_7265  # "ture"
 
@@ -100,40 +104,38 @@ def _assignment(lease: Lease, record: StudyRecord, params: dict, settings: Setti
 
 
 def lease_trial(
+    session: Session,
     *,
-    engine: Engine,
     storage: optuna.storages.BaseStorage,
     settings: Settings,
     worker_id: str,
     device: str,
 ) -> Assignment | None:
     """A trial for this worker: the one it already holds, else one of the study whose
-    turn it is; None when no running study has work."""
-    grace = timedelta(seconds=settings.grace_period_s)
-    with session_scope(engine) as session:
-        held = session.scalars(
-            sa.select(Lease)
-            .where(Lease.worker_id == worker_id, Lease.state == "active")
-            .order_by(Lease.leased_at.desc())
-            .limit(1)
-            .with_for_update()
-        ).first()
-        if held is not None:
-            # The answer to an earlier lease was lost: the same lease again.
-            now = utcnow()
-            held.heartbeat_at = now
-            held.expires_at = now + grace
-            record = session.get_one(StudyRecord, held.study_id)
-            params = get_frozen_trial(storage, held.trial_id).params
-            return _assignment(held, record, params, settings)
-        candidates = _studies_in_turn(session)
-
-    for record in candidates:
+    turn it is; None when no running study has work. Commits as it goes."""
+    held = session.scalars(
+        sa.select(Lease)
+        .where(Lease.worker_id == worker_id, Lease.state == "active")
+        .order_by(Lease.leased_at.desc())
+        .limit(1)
+        .with_for_update()
+    ).first()
+    if held is not None:
+        # The answer to an earlier lease was lost: the same lease again.
+        now = utcnow()
+        held.heartbeat_at = now
+        held.expires_at = now + timedelta(seconds=settings.grace_period_s)
+        record = session.get_one(StudyRecord, held.study_id)
+        params = get_frozen_trial(storage, held.trial_id).params
+        session.commit()
+        return _assignment(held, record, params, settings)
+    for record in _studies_in_turn(session):
         assignment = _lease_from_study(
-            engine=engine,
+            session,
             storage=storage,
             settings=settings,
-            record=record,
+            study_id=record.id,
+            entry=study_of(storage, record),
             worker_id=worker_id,
             device=device,
         )
@@ -143,10 +145,18 @@ def lease_trial(
 
 
 def _studies_in_turn(session: Session) -> list[StudyRecord]:
-    """Running studies, the one furthest below its fair share first."""
+    """Running studies, the one furthest below its fair share first.
+
+    A study's load is its running trials plus the trials it was handed in the
+    last minute, per unit of weight (priority + 1): with long trials the
+    running ones decide, with short ones (many leases a minute) the rate does,
+    so both end up shared in proportion to the weights.
+    """
+    since = utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW_S)
     active = sa.func.count(Lease.trial_id).filter(Lease.state == "active")
+    recent = sa.func.count(Lease.trial_id).filter(Lease.leased_at > since)
     rows = session.execute(
-        sa.select(StudyRecord, active, sa.func.count(Lease.trial_id))
+        sa.select(StudyRecord, active, recent)
         .outerjoin(Lease, Lease.study_id == StudyRecord.id)
         # A study whose Optuna study is still being created has no trials to give.
         .where(StudyRecord.state == "running", StudyRecord.optuna_study_id.is_not(None))
@@ -154,44 +164,45 @@ def _studies_in_turn(session: Session) -> list[StudyRecord]:
     ).all()
 
     def turn(row) -> tuple[float, float, int]:
-        record, running, total = row
+        record, running, handed_out = row
         weight = max(record.priority, 0) + 1
-        return (running / weight, total / weight, record.id)
+        return ((running + handed_out) / weight, running / weight, record.id)
 
     return [row[0] for row in sorted(rows, key=turn)]
 
 
 def _lease_from_study(
+    session: Session,
     *,
-    engine: Engine,
     storage: optuna.storages.BaseStorage,
     settings: Settings,
-    record: StudyRecord,
+    study_id: int,
+    entry: LoadedStudy,
     worker_id: str,
     device: str,
 ) -> Assignment | None:
-    entry = study_of(storage, record)
-    # This process's lock first, then the row lock: a thread waiting for the
-    # first holds no database connection.
-    with entry.lock, session_scope(engine) as session:
+    # End the transaction (and give the connection back) before waiting for the
+    # study: a thread that waits holds no connection and no row lock.
+    session.commit()
+    with entry.lock:
         record = session.scalars(
-            sa.select(StudyRecord).where(StudyRecord.id == record.id).with_for_update()
+            sa.select(StudyRecord).where(StudyRecord.id == study_id).with_for_update()
         ).one_or_none()
         if record is None or record.state != "running":
+            session.commit()
             return None
         budget = study_budget(record)
         counts = entry.counts()
         used = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
-        if used >= budget.max_trials:
-            if counts["RUNNING"] == 0:
-                record.state = "completed"
-            return None
         started = used + counts["FAIL"]
-        if started >= budget.attempts_cap() and counts["WAITING"] == 0:
+        if used >= budget.max_trials or (
+            started >= budget.attempts_cap() and counts["WAITING"] == 0
+        ):
             if counts["RUNNING"] == 0:
                 record.state = "completed"
+            session.commit()
             return None
-        trial = ask_leased_trial(entry, worker_id=worker_id, device=device)
+        trial = ask_leased_trial(entry)
         now = utcnow()
         lease = Lease(
             trial_id=trial._trial_id,
@@ -205,7 +216,7 @@ def _lease_from_study(
             expires_at=now + timedelta(seconds=settings.grace_period_s),
         )
         session.add(lease)
-        session.flush()
+        session.commit()
         return _assignment(lease, record, trial.params, settings)
 
 
@@ -242,6 +253,7 @@ def fail_and_requeue(
         optuna_study_id=entry.study._study_id,
         reason=reason,
         requeue=retry,
+        worker=lease_worker_attrs(lease),
     )
     outcome: dict = {"state": trial.state.name, "reason": reason}
     if retry_trial is not None:
@@ -250,25 +262,30 @@ def fail_and_requeue(
     return outcome
 
 
-def settle_study(*, engine: Engine, storage: optuna.storages.BaseStorage, study_id: int) -> None:
+def lease_worker_attrs(lease: Lease) -> dict[str, str]:
+    """Who ran a trial, for its user attributes (and so for the dashboard)."""
+    return {ATTR_WORKER_ID: lease.worker_id, ATTR_DEVICE: lease.device}
+
+
+def settle_study(session: Session, *, storage: optuna.storages.BaseStorage, study_id: int) -> None:
     """Mark a running study completed once its budget is used up and nothing runs."""
-    with session_scope(engine) as session:
-        record = session.get(StudyRecord, study_id)
-        if record is None or record.state != "running":
-            return
-        counts = study_of(storage, record).counts()
-        budget = study_budget(record)
-        if counts["RUNNING"]:
-            return
-        done = counts["COMPLETE"] + counts["PRUNED"] >= budget.max_trials
-        started = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
-        exhausted = started >= budget.attempts_cap() and counts["WAITING"] == 0
-        if done or exhausted:
-            session.execute(
-                sa.update(StudyRecord)
-                .where(StudyRecord.id == study_id, StudyRecord.state == "running")
-                .values(state="completed", updated_at=utcnow())
-            )
+    record = session.get(StudyRecord, study_id)
+    if record is None or record.state != "running":
+        return
+    counts = study_of(storage, record).counts()
+    budget = study_budget(record)
+    if counts["RUNNING"]:
+        return
+    done = counts["COMPLETE"] + counts["PRUNED"] >= budget.max_trials
+    started = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    exhausted = started >= budget.attempts_cap() and counts["WAITING"] == 0
+    if done or exhausted:
+        session.execute(
+            sa.update(StudyRecord)
+            .where(StudyRecord.id == study_id, StudyRecord.state == "running")
+            .values(state="completed", updated_at=utcnow())
+        )
+        session.commit()
 
 
 # The reaper ------------------------------------------------------------------
@@ -339,8 +356,9 @@ def reap_stale_leases(
             reaped.append(trial_id)
             touched.add(study_id)
             log.warning("trial %s of study %s: %s", number, study_id, reason)
-    for study_id in touched:
-        settle_study(engine=engine, storage=storage, study_id=study_id)
+        session.commit()
+        for study_id in touched:
+            settle_study(session, storage=storage, study_id=study_id)
     return reaped
 
 

@@ -59,6 +59,7 @@ def study_spec(name: str, **overrides: Any) -> dict:
             "dropout": {"type": "float", "low": 0.0, "high": 0.6},
         },
         "sampler": {"type": "tpe", "seed": 7},
+        "pruner": {"type": "none"},
         "budget": {"max_trials": 10, "epochs": 3, "max_retries": 2},
     }
     spec.update(overrides)

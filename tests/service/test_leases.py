@@ -37,9 +37,9 @@ def test_lease_gives_a_trial_with_params_spec_and_deadline(fleet_env: FleetEnv):
     assert set(assignment["params"]) == {"lr", "dropout"}
     assert assignment["spec"]["name"] == "shape"
     assert assignment["lease_expires_at"]
-    trial = fleet_env.trial(assignment["trial_id"])
-    assert trial.state.name == "RUNNING"
-    assert trial.user_attrs["worker_id"].startswith("w-")
+    assert fleet_env.trial(assignment["trial_id"]).state.name == "RUNNING"
+    (row,) = fleet_env.leases(study_id)
+    assert (row.trial_id, row.state, row.device) == (assignment["trial_id"], "active", "cpu")
 
 
 def test_no_running_study_means_204(fleet_env: FleetEnv):
