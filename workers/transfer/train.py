@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ class FitResult:
     best_epoch: int
     best_val_accuracy: float
     val_history: list[float] = field(default_factory=list)
-    feature_cache: str = "off"  # hit | miss | off
+    feature_cache: str = "off"  # hit | miss | off | too_large
     precision: str = "float32"
     train_s: float = 0.0
 
@@ -157,6 +157,17 @@ def accuracy(model: nn.Module, split: Split, device: str | torch.device) -> floa
     return (logits.argmax(1) == split.y).float().mean().item()
 
 
+@torch.no_grad()
+def _features_fit(
+    model: TransferModel, data: Dataset, cache: FeatureCache, device: torch.device
+) -> bool:
+    """Whether the frozen features of train and val fit the cache (early layers are big)."""
+    model.eval()
+    with autocast(device):
+        one = model.frozen_features(to_float(data.train.x[:1].to(device))).float()
+    return one.numel() * 4 * (len(data.train) + len(data.val)) <= cache.max_bytes
+
+
 def fine_tune(
     model: TransferModel,
     data: Dataset,
@@ -180,6 +191,8 @@ def fine_tune(
     # With nothing to augment, the frozen part's output is the same in every trial.
     cached = feature_cache is not None and cfg.augment_strength == 0
     cache_state = "off"
+    if cached and not _features_fit(model, data, feature_cache, device):
+        cached, cache_state = False, "too_large"
     if cached:
         model.eval()
         train_x, hit_train = feature_cache.get_or_compute(
@@ -274,7 +287,3 @@ def fine_tune(
         precision=precision,
         train_s=time.perf_counter() - started,
     )
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -89,7 +89,7 @@ def resolve_params(params: dict | None, fixed: dict | None) -> dict[str, Any]:
 
 def _objectives(spec: dict) -> list[str]:
     objectives = spec.get("objectives") or [{"metric": "accuracy"}]
-    metrics = [o["metric"] if isinstance(o, dict) else str(o) for o in objectives]
+    metrics = [o.get("metric") if isinstance(o, dict) else str(o) for o in objectives]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ParamError(f"unknown metric(s) {unknown}; use {', '.join(METRICS)}")
@@ -127,7 +127,8 @@ def run_trial(
 ) -> TrialResult:
     """Fine-tune and score one trial of the assignment's study.
 
-    Raises TrialPruned when `report(epoch, val_accuracy)` returns True, and a
+    Calls `report(epoch, val_accuracy)` after each epoch (epochs count from 1) and
+    raises TrialPruned when it returns True; raises a
     TransferError subclass (with what to fix) for a bad spec, file or dataset.
     Pass feature_cache=None to recompute frozen features in every batch.
     """

@@ -12,7 +12,7 @@ import torch
 _numbers = itertools.count()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny models run faster on one thread, and far faster on a shared, busy machine."""
     threads = torch.get_num_threads()

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.transfer import builtin
+from workers.transfer import builtin, run_trial
 from workers.transfer.data import InputSpec, load_dataset
+from workers.transfer.features import FeatureCache
 from workers.transfer.models import InputAdapter
 from workers.transfer.sources import load_source_model
 from workers.transfer.train import TrainConfig, augment, fine_tune
@@ -83,3 +84,20 @@ def test_plain_state_dict_of_the_builtin_architecture_loads_as_a_file(
     torch.save(state, path)
     loaded = load_source_model(f"file:{path}", weights=None, cache_dir=cache_dir)
     assert loaded.arch == builtin.ARCH and loaded.content_hash == digest
+
+
+def test_features_too_large_for_the_cache_train_uncached(
+    cache_dir: Path, artifact_dir: Path, make_assignment
+) -> None:
+    results = [
+        run_trial(
+            make_assignment({"unfreeze_blocks": 3}, seed=9 - n, budget={"epochs": 1}),
+            never_prune,
+            cache_dir=cache_dir,
+            artifact_dir=artifact_dir,
+            feature_cache=FeatureCache(max_bytes=max_bytes),
+        )
+        for n, max_bytes in enumerate([1024, 2**30])
+    ]
+    assert [r.attrs["feature_cache"] for r in results] == ["too_large", "miss"]
+    assert results[0].values == pytest.approx(results[1].values, abs=0.01)
