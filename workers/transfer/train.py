@@ -90,8 +90,10 @@ def place(split_x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def take(x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if x.device == device:
-        return x[idx.to(device)]
+    """Rows `idx` of `x` on the device (x already there, or pinned on the CPU)."""
+    if x.device.type != "cpu" or device.type == "cpu":
+        # Compare types, not devices: "cuda" and "cuda:0" are the same GPU.
+        return x[idx.to(x.device)]
     batch = x[idx]
     if device.type == "cuda":
         batch = batch.pin_memory()
@@ -246,7 +248,7 @@ def fine_tune(
             if len(idx) < 2 and len(order) > 1:
                 continue  # a batch of one breaks batch norm in training mode
             xb = take(train_x, idx, device)
-            yb = train_y[idx.to(device)]
+            yb = train_y[idx.to(train_y.device)]
             if not cached:
                 xb = to_float(xb)
                 if cfg.augment_strength > 0:

@@ -99,6 +99,7 @@ def test_file_source_from_safetensors_with_arch_metadata(tmp_path: Path, cache_d
     assert loaded.num_stages == 4 and loaded.feature_dim == 128
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_that_runs_code_is_refused_without_running(
     tmp_path: Path, cache_dir: Path, artifact_dir: Path, make_assignment, reports
 ) -> None:
