@@ -22,6 +22,8 @@ class _Out(BaseModel):
 
 
 class ObjectivePublic(_Out):
+    """One objective of a study."""
+
     metric: str = Field(description="Metric name, as the trial reports it.")
     direction: Literal["maximize", "minimize"] = Field(description="Optimization direction.")
 
@@ -71,6 +73,8 @@ class TrialDetail(TrialPublic):
 
 
 class TrialsPublic(BaseModel):
+    """A page of trials and how many match the filter in all."""
+
     data: list[TrialPublic] = Field(description="This page of trials.")
     count: int = Field(description="Trials matching the filter, over every page.")
 
@@ -118,11 +122,15 @@ class StudyDetail(StudyPublic):
 
 
 class StudiesPublic(BaseModel):
+    """A page of studies and how many match the filter in all."""
+
     data: list[StudyPublic] = Field(description="This page of studies.")
     count: int = Field(description="Studies matching the filter, over every page.")
 
 
 class ErrorDetail(BaseModel):
+    """What went wrong, where, and how to fix it."""
+
     code: str = Field(description="Machine-readable kind: invalid, not_found, conflict, ...")
     message: str = Field(description="What is wrong and how to fix it.")
     path: list[str | int] | None = Field(None, description="Where in the request it is wrong.")
@@ -134,7 +142,7 @@ class ErrorDetail(BaseModel):
 class ErrorBody(BaseModel):
     """The body of every error answer."""
 
-    detail: ErrorDetail
+    detail: ErrorDetail = Field(description="The error.")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -419,7 +419,7 @@ _Seed = Annotated[
 class TPESampler(_Model):
     """Tree-structured Parzen Estimator (Optuna's default)."""
 
-    type: Literal["tpe"]
+    type: Literal["tpe"] = Field(description="Sampler kind.")
     seed: _Seed = None
     n_startup_trials: int = Field(10, ge=0, le=10_000, description="Random trials first.")
     n_ei_candidates: int = Field(24, ge=1, le=10_000, description="Candidates per sample.")
@@ -441,7 +441,7 @@ class TPESampler(_Model):
 class NSGA2Sampler(_Model):
     """NSGA-II genetic algorithm, for one or several objectives."""
 
-    type: Literal["nsga2"]
+    type: Literal["nsga2"] = Field(description="Sampler kind.")
     seed: _Seed = None
     population_size: int = Field(50, ge=2, le=10_000, description="Trials per generation.")
     mutation_prob: float | None = Field(
@@ -454,14 +454,14 @@ class NSGA2Sampler(_Model):
 class RandomSampler(_Model):
     """Independent uniform sampling."""
 
-    type: Literal["random"]
+    type: Literal["random"] = Field(description="Sampler kind.")
     seed: _Seed = None
 
 
 class GPSampler(_Model):
     """Gaussian-process Bayesian optimization (logEI, or logEHVI for several objectives)."""
 
-    type: Literal["gp"]
+    type: Literal["gp"] = Field(description="Sampler kind.")
     seed: _Seed = None
     n_startup_trials: int = Field(10, ge=0, le=10_000, description="Random trials first.")
     deterministic_objective: bool = Field(False, description="Assume noise-free objectives.")
@@ -470,7 +470,7 @@ class GPSampler(_Model):
 class CmaEsSampler(_Model):
     """CMA-ES: one objective, at least two float or int parameters."""
 
-    type: Literal["cmaes"]
+    type: Literal["cmaes"] = Field(description="Sampler kind.")
     seed: _Seed = None
     n_startup_trials: int = Field(1, ge=0, le=10_000, description="Random trials first.")
     popsize: int | None = Field(None, ge=2, le=10_000, description="Population size.")
@@ -492,7 +492,7 @@ class CmaEsSampler(_Model):
 class QMCSampler(_Model):
     """Quasi-Monte Carlo low-discrepancy sequence."""
 
-    type: Literal["qmc"]
+    type: Literal["qmc"] = Field(description="Sampler kind.")
     seed: _Seed = None
     qmc_type: Literal["sobol", "halton"] = Field("sobol", description="Sequence kind.")
     scramble: bool = Field(False, description="Randomize the sequence (uses the seed).")
@@ -501,7 +501,7 @@ class QMCSampler(_Model):
 class GridSampler(_Model):
     """Every combination of a finite space (categorical, int, or float with step)."""
 
-    type: Literal["grid"]
+    type: Literal["grid"] = Field(description="Sampler kind.")
     seed: _Seed = None
 
 
@@ -517,7 +517,7 @@ SamplerSpec = Annotated[
 class MedianPruner(_Model):
     """Prune a trial whose value is worse than the median of earlier trials at the same step."""
 
-    type: Literal["median"]
+    type: Literal["median"] = Field(description="Pruner kind.")
     n_startup_trials: int = Field(5, ge=0, le=10_000, description="Trials never pruned first.")
     n_warmup_steps: int = Field(0, ge=0, le=10_000, description="Epochs never pruned.")
     interval_steps: int = Field(1, ge=1, le=10_000, description="Check every this many epochs.")
@@ -527,7 +527,7 @@ class MedianPruner(_Model):
 class HyperbandPruner(_Model):
     """Hyperband over successive-halving brackets; resources are epochs."""
 
-    type: Literal["hyperband"]
+    type: Literal["hyperband"] = Field(description="Pruner kind.")
     min_resource: int = Field(1, ge=1, le=100_000, description="Epochs before the first cut.")
     max_resource: int | None = Field(
         None, ge=1, le=100_000, description="Epochs of a full trial; null for budget.epochs."
@@ -539,7 +539,7 @@ class HyperbandPruner(_Model):
 class SuccessiveHalvingPruner(_Model):
     """Asynchronous successive halving; resources are epochs."""
 
-    type: Literal["successive_halving"]
+    type: Literal["successive_halving"] = Field(description="Pruner kind.")
     min_resource: int | Literal["auto"] = Field(
         "auto", description="Epochs before the first cut, or auto."
     )
@@ -558,7 +558,7 @@ class SuccessiveHalvingPruner(_Model):
 class NopPruner(_Model):
     """Never prune."""
 
-    type: Literal["none"]
+    type: Literal["none"] = Field(description="Pruner kind.")
 
 
 PrunerSpec = Annotated[
