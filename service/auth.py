@@ -97,10 +97,23 @@ def authenticate(session: Session, *, secret: str, authorization: str | None) ->
     ).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked token")
+    _touch(session, row)
+    return Principal(owner=row.owner, scope=row.scope, token_id=row.id)  # type: ignore[arg-type]
+
+
+def _touch(session: Session, row: ApiToken) -> None:
+    """Record that the token was used, at most once a minute, in a transaction of its
+    own: many workers share one token, and the request's transaction may be long."""
     now = datetime.now(UTC)
     last = row.last_used_at
     if last is not None and last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
-    if last is None or now - last > LAST_USED_RESOLUTION:
-        row.last_used_at = now
-    return Principal(owner=row.owner, scope=row.scope, token_id=row.id)  # type: ignore[arg-type]
+    if last is not None and now - last <= LAST_USED_RESOLUTION:
+        return
+    stale = sa.or_(
+        ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - LAST_USED_RESOLUTION
+    )
+    with session.get_bind().begin() as conn:
+        conn.execute(
+            sa.update(ApiToken).where(ApiToken.id == row.id, stale).values(last_used_at=now)
+        )

@@ -118,12 +118,17 @@ def test_revoked_token_is_401(live_api: LiveApi) -> None:
 
 
 def test_tokens_are_stored_only_as_hashes(live_api: LiveApi) -> None:
+    assert live_api.as_("alice").get(STUDIES).status_code == 200
     engine = make_engine(live_api.database_url, pool_size=1, max_overflow=0)
     try:
         with engine.connect() as conn:
             hashes = conn.execute(sa.text("SELECT token_hash FROM tf_api_tokens")).scalars().all()
+            last_used = conn.execute(
+                sa.text("SELECT last_used_at FROM tf_api_tokens WHERE owner = 'alice'")
+            ).scalar_one()
     finally:
         engine.dispose()
+    assert last_used is not None
     secret = load_settings(database_url=live_api.database_url).token_secret
     for token in live_api.tokens.values():
         assert token.startswith("tf_")
