@@ -306,8 +306,11 @@ def _state_name(state: TrialState | str) -> str:
 
 def best_trials(storage: BaseStorage, *, optuna_study_id: int) -> list[FrozenTrial]:
     """The best trial of a one-objective study, or the Pareto front of a multi-objective
-    one; empty before the first trial completes."""
-    directions = storage.get_study_directions(optuna_study_id)
+    one; empty before the first trial completes (or when the Optuna study is gone)."""
+    try:
+        directions = storage.get_study_directions(optuna_study_id)
+    except KeyError:  # deleted outside TuneFleet, e.g. from the dashboard
+        return []
     if len(directions) == 1:
         try:
             return [storage.get_best_trial(optuna_study_id)]
@@ -446,7 +449,13 @@ def enqueue_trial(
         system_attrs={"fixed_params": params},
         user_attrs=user_attrs,
     )
-    trial_id = storage.create_new_trial(optuna_study_id, template_trial=template)
+    try:
+        trial_id = storage.create_new_trial(optuna_study_id, template_trial=template)
+    except KeyError:
+        raise NotFound(
+            "the Optuna study behind this study was deleted outside TuneFleet; "
+            "delete this study and create it again"
+        ) from None
     return storage.get_trial(trial_id)
 
 

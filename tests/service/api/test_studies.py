@@ -320,3 +320,17 @@ def test_openapi_documents_every_route_and_model(live_api: LiveApi) -> None:
             assert prop.get("description"), (name, field)
     assert schema["components"]["schemas"]["StudySpec"]["examples"]
     assert live_api.as_("alice").get("/docs").status_code == 200
+
+
+def test_a_study_whose_optuna_study_was_deleted_elsewhere_still_answers(
+    live_api: LiveApi,
+) -> None:
+    alice = live_api.as_("alice")
+    study = create_study(alice)
+    optuna.delete_study(study_name=study["optuna_study_name"], storage=optuna_storage(live_api))
+    shown = alice.get(f"{STUDIES}/{study['id']}")
+    assert shown.status_code == 200 and shown.json()["best_trials"] == []
+    assert alice.get(f"{STUDIES}/{study['id']}/trials").json()["count"] == 0
+    enqueue = alice.post(f"{STUDIES}/{study['id']}/trials", json={"params": {"lr": 0.01}})
+    assert enqueue.status_code == 404
+    assert alice.delete(f"{STUDIES}/{study['id']}").status_code == 204
