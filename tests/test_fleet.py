@@ -43,7 +43,7 @@ def fleet_env(busy_fleet_module: FleetEnv) -> Iterator[FleetEnv]:
 
 def test_sixteen_workers_share_one_study_and_run_each_trial_once(fleet_env: FleetEnv):
     budget = 32
-    study_id = fleet_env.create_study("sixteen", budget={"max_trials": budget, "epochs": 2})
+    study_id = fleet_env.create_study("sixteen", budget={"max_trials": budget, "epochs": 1})
     workers = [fleet_env.start_worker("--idle-exit", "3", epoch_s=0.01) for _ in range(16)]
     assert fleet_env.wait_workers(workers, timeout_s=150) == [0] * 16
 
@@ -71,12 +71,12 @@ def test_two_studies_share_workers_in_proportion_to_priority(fleet_env: FleetEnv
     # Weights priority + 1: 4 to 1, so five workers split 4 and 1.
     high = fleet_env.create_study("high", priority=3, budget={"max_trials": 500, "epochs": 2})
     low = fleet_env.create_study("low", priority=0, budget={"max_trials": 500, "epochs": 2})
-    workers = [fleet_env.start_worker("--idle-exit", "1", epoch_s=0.05) for _ in range(5)]
+    workers = [fleet_env.start_worker("--idle-exit", "1", epoch_s=0.02) for _ in range(5)]
 
     def completed() -> tuple[int, int]:
         return tuple(fleet_env.states(s).get("COMPLETE", 0) for s in (high, low))
 
-    wait_until(lambda: sum(completed()) >= 40, timeout_s=120, what="40 trials", every_s=0.2)
+    wait_until(lambda: sum(completed()) >= 30, timeout_s=120, what="30 trials", every_s=0.2)
     fleet_env.set_study_state(high, "stopped")
     fleet_env.set_study_state(low, "stopped")
     assert fleet_env.wait_workers(workers, timeout_s=60) == [0] * 5
@@ -89,19 +89,19 @@ def test_hyperband_prunes_trials_with_poor_intermediate_values(fleet_env: FleetE
     study_id = fleet_env.create_study(
         "hyperband",
         pruner={"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
-        budget={"max_trials": 24, "epochs": 9},
+        budget={"max_trials": 12, "epochs": 4},
     )
-    workers = [fleet_env.start_worker("--idle-exit", "2", epoch_s=0.01) for _ in range(4)]
-    assert fleet_env.wait_workers(workers, timeout_s=120) == [0] * 4
+    workers = [fleet_env.start_worker("--idle-exit", "2", epoch_s=0.01) for _ in range(3)]
+    assert fleet_env.wait_workers(workers, timeout_s=120) == [0] * 3
     trials = fleet_env.trials(study_id)
     states = Counter(t.state.name for t in trials)
-    assert states["COMPLETE"] + states["PRUNED"] == 24 and states["PRUNED"] >= 1, states
+    assert states["COMPLETE"] + states["PRUNED"] == 12 and states["PRUNED"] >= 1, states
     best = max(t.value for t in trials if t.state.name == "COMPLETE")
     for trial in trials:
         if trial.state.name == "PRUNED":
-            # The objective reports score * epoch / 9: a pruned trial's score is no
+            # The objective reports score * epoch / 4: a pruned trial's score is no
             # better than the best finished trial's (the best of a bracket is never pruned).
-            score = trial.intermediate_values[trial.last_step] * 9 / trial.last_step
+            score = trial.intermediate_values[trial.last_step] * 4 / trial.last_step
             assert score <= best + 1e-9
     assert fleet_env.study_state(study_id) == "completed"
 

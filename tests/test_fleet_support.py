@@ -25,7 +25,6 @@ from tests.conftest import (
     REPO_ROOT,
     ApiServer,
     create_database,
-    create_token,
     drop_database,
     start_api_server,
     subprocess_env,
@@ -223,6 +222,22 @@ class FleetEnv:
         self.studies.clear()
 
 
+def _worker_token(database_url: str) -> str:
+    """A worker token, made in this process (`tunefleet token create` is tested elsewhere)."""
+    from service import auth
+    from service.config import load_settings
+    from service.db import make_engine, session_scope
+
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        with session_scope(engine) as session:
+            return auth.create_token(
+                session, scope="worker", owner="fleet", secret=load_settings().token_secret
+            )
+    finally:
+        engine.dispose()
+
+
 def make_fleet_env(tmp_dir: Path, database_url: str, **settings: Any) -> Iterator[FleetEnv]:
     api = start_api_server(database_url, tmp_dir, **{**LEASE_TIMINGS, **settings})
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
@@ -234,7 +249,7 @@ def make_fleet_env(tmp_dir: Path, database_url: str, **settings: Any) -> Iterato
     env = FleetEnv(
         database_url=database_url,
         api=api,
-        worker_token=create_token(database_url, scope="worker", owner="fleet"),
+        worker_token=_worker_token(database_url),
         log_dir=tmp_dir,
         engine=engine,
         storage=storage,

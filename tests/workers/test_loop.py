@@ -100,7 +100,7 @@ def test_second_sigterm_hands_the_trial_back_and_it_is_requeued(fleet_env: Fleet
 def test_dead_workers_trials_are_reaped_requeued_once_and_the_retries_complete(
     fleet_env: FleetEnv,
 ):
-    study_id = fleet_env.create_study("killed", budget={"max_trials": 2, "epochs": 30})
+    study_id = fleet_env.create_study("killed", budget={"max_trials": 2, "epochs": 10})
     # One dies right after its lease, before any heartbeat; one in the middle of a trial.
     early = fleet_env.start_worker(epoch_s=0.3, name="dies-at-once")
     mid = fleet_env.start_worker(epoch_s=0.3, name="dies-mid-trial")
