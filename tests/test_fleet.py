@@ -15,22 +15,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import create_database, drop_database, free_port
-from tests.test_fleet_support import FleetEnv, make_fleet_env, wait_until
+from tests.conftest import create_database, drop_database, free_port, start_api_server
+from tests.test_fleet_support import LEASE_TIMINGS, FleetEnv, make_fleet_env, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Many workers on two cores: a longer grace period, so that a heartbeat that is
+# late because the machine is busy does not cost a trial.
+BUSY_TIMINGS = {**LEASE_TIMINGS, "grace_period_s": 6}
 
 
 @pytest.fixture(scope="module")
 def busy_fleet_module(tmp_path_factory) -> Iterator[FleetEnv]:
-    """Many workers on two cores: a longer grace period, so that a heartbeat that is
-    late because the machine is busy does not cost a trial."""
+    """One database and API process (BUSY_TIMINGS) for the tests of this module."""
     from service.migrate import migrate
 
     url = create_database("tf_fleet")
     migrate(url)
     try:
-        yield from make_fleet_env(tmp_path_factory.mktemp("fleet"), url, grace_period_s=6)
+        yield from make_fleet_env(tmp_path_factory.mktemp("fleet"), url, **BUSY_TIMINGS)
     finally:
         drop_database(url)
 
@@ -65,6 +67,26 @@ def test_sixteen_workers_share_one_study_and_run_each_trial_once(fleet_env: Flee
             assert lease.state == "expired" and "retried_as" in trial.user_attrs
     assert len({r.worker_id for r in leases.values()}) > 1
     assert fleet_env.study_state(study_id) == "completed"
+
+
+def test_two_api_processes_never_hand_out_more_than_the_budget(fleet_env: FleetEnv, tmp_path):
+    second_api = start_api_server(fleet_env.database_url, tmp_path, **BUSY_TIMINGS)
+    try:
+        budget = 16
+        study_id = fleet_env.create_study("two-apis", budget={"max_trials": budget, "epochs": 1})
+        workers = [
+            fleet_env.start_worker(
+                "--idle-exit", "2", epoch_s=0.01, service_url=(second_api.url if i % 2 else None)
+            )
+            for i in range(8)
+        ]
+        assert fleet_env.wait_workers(workers, timeout_s=120) == [0] * 8
+    finally:
+        second_api.stop()
+    trials = fleet_env.trials(study_id)
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": budget}
+    assert sorted(t.number for t in trials) == list(range(budget))
+    assert len(fleet_env.leases(study_id)) == budget
 
 
 def test_two_studies_share_workers_in_proportion_to_priority(fleet_env: FleetEnv):

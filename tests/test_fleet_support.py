@@ -161,7 +161,12 @@ class FleetEnv:
         )
 
     def start_worker(
-        self, *args: str, objective: str = "quadratic", epoch_s: float = 0.02, name: str = ""
+        self,
+        *args: str,
+        objective: str = "quadratic",
+        epoch_s: float = 0.02,
+        name: str = "",
+        service_url: str | None = None,
     ) -> subprocess.Popen:
         """A real `python -m workers` process running a test objective."""
         name = name or f"worker-{len(self.workers)}"
@@ -174,7 +179,7 @@ class FleetEnv:
                 "-m",
                 "workers",
                 "--service",
-                self.api.url,
+                service_url or self.api.url,
                 "--token",
                 self.worker_token,
                 "--worker-id",
