@@ -22,18 +22,41 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunefleet._spec_base import (
+    Loc,
+    Problems,
+    SpecError,
+    SpecModel,
+    clean_loc,
+    custom_error,
+    field_path,
+    show_value,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from tunefleet._spec_search import (
+    CategoricalParam,
+    CmaEsSampler,
+    FloatParam,
+    GPSampler,
+    GridSampler,
+    HyperbandPruner,
+    IntParam,
+    MedianPruner,
+    NopPruner,
+    NSGA2Sampler,
+    ParamValue,
+    PrunerSpec,
+    QMCSampler,
+    RandomSampler,
+    SamplerSpec,
+    SearchParam,
+    SuccessiveHalvingPruner,
+    TPESampler,
+    canonical_value,
+    grid_count,
+    problem_in_distribution,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -43,18 +66,29 @@ __all__ = [
     "METRICS",
     "Budget",
     "CategoricalParam",
+    "CmaEsSampler",
     "Compression",
     "FloatParam",
+    "GPSampler",
+    "GridSampler",
+    "HyperbandPruner",
     "IntParam",
     "KnownParam",
+    "MedianPruner",
+    "NSGA2Sampler",
+    "NopPruner",
     "Objective",
     "ParamValue",
     "PrunerSpec",
+    "QMCSampler",
+    "RandomSampler",
     "Robustness",
     "SamplerSpec",
     "SearchParam",
     "SpecError",
     "StudySpec",
+    "SuccessiveHalvingPruner",
+    "TPESampler",
     "clean_loc",
     "field_path",
     "grid_size",
@@ -65,9 +99,6 @@ __all__ = [
 # --------------------------------------------------------------------------
 # Vocabulary shared with the workers
 # --------------------------------------------------------------------------
-
-ParamValue = StrictBool | StrictInt | StrictFloat | str
-"""A hyperparameter value as JSON carries it."""
 
 
 @dataclass(frozen=True)
@@ -94,19 +125,19 @@ class KnownParam:
         """Why `value` is not valid for this parameter, or None when it is."""
         if self.kind == "categorical":
             if not isinstance(value, str) or value not in (self.choices or ()):
-                return f"must be {self.bounds_text()}, got {_show(value)}"
+                return f"must be {self.bounds_text()}, got {show_value(value)}"
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be a number ({self.kind}), got {_show(value)}"
+            return f"must be a number ({self.kind}), got {show_value(value)}"
         if self.kind == "int" and not float(value).is_integer():
-            return f"must be an integer, got {_show(value)}"
+            return f"must be an integer, got {show_value(value)}"
         if not math.isfinite(value):
-            return f"must be finite, got {_show(value)}"
+            return f"must be finite, got {show_value(value)}"
         assert self.min is not None and self.max is not None
         too_low = value <= self.min if self.min_open else value < self.min
         too_high = value >= self.max if self.max_open else value > self.max
         if too_low or too_high:
-            return f"must be {self.bounds_text()}, got {_show(value)}"
+            return f"must be {self.bounds_text()}, got {show_value(value)}"
         return None
 
     def coerce(self, value: Any) -> Any:
@@ -161,195 +192,11 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _TORCHVISION_ARCH = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 # --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-Loc = tuple[str | int, ...]
-
-
-class SpecError(ValueError):
-    """A spec, a parameter set or a spec file that cannot be used; `errors` has the paths."""
-
-    def __init__(self, errors: list[dict[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{e['path'] or '(spec)'}: {e['message']}" for e in errors))
-
-    @classmethod
-    def from_validation_error(cls, exc: ValidationError, *, prefix: Loc = ()) -> SpecError:
-        return cls(
-            [
-                {"path": field_path(prefix + tuple(e["loc"])), "message": e["msg"]}
-                for e in exc.errors(include_url=False)
-            ]
-        )
-
-
-_UNION_FIELDS = {"sampler", "pruner"}
-_UNION_TAGS = {"float", "int", "categorical"} | {
-    "tpe",
-    "nsga2",
-    "random",
-    "gp",
-    "cmaes",
-    "qmc",
-    "grid",
-    "median",
-    "hyperband",
-    "successive_halving",
-    "none",
-}
-
-
-def clean_loc(loc: Loc) -> list[str | int]:
-    """`("body", "search_space", "lr", "float", "low")` -> `["search_space", "lr", "low"]`.
-
-    Drops the request part (`body`, `query`) and the tags pydantic inserts for
-    discriminated unions, so the location is the one a user edits in the spec.
-    """
-    parts = list(loc)
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    out: list[str | int] = []
-    for i, part in enumerate(parts):
-        parent = parts[i - 1] if i >= 1 else None
-        grandparent = parts[i - 2] if i >= 2 else None
-        is_tag = part in _UNION_TAGS and (parent in _UNION_FIELDS or grandparent == "search_space")
-        if not is_tag:
-            out.append(part)
-    return out
-
-
-def field_path(loc: Loc) -> str:
-    """The dotted path of a pydantic error location: `search_space.lr.low`."""
-    return ".".join(str(part) for part in clean_loc(loc))
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """repr() for messages, cut short: a client may send megabytes of text."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _invalid(message: str) -> PydanticCustomError:
-    """An error whose message pydantic shows as it is (no "Value error, " prefix)."""
-    return PydanticCustomError("invalid_spec", "{reason}", {"reason": message})
-
-
-class _Problems(list):
-    """Problems found in a model, each at its own location relative to that model."""
-
-    def add(self, loc: Loc, message: str, value: Any = None) -> None:
-        self.append((loc, message, value))
-
-    def raise_if_any(self, title: str) -> None:
-        """Raise one ValidationError holding every problem (pydantic nests the locations)."""
-        if self:
-            raise ValidationError.from_exception_data(
-                title,
-                [
-                    InitErrorDetails(
-                        type=_invalid(msg),
-                        loc=loc,
-                        input=value,
-                    )
-                    for loc, msg, value in self
-                ],
-            )
-
-
-# --------------------------------------------------------------------------
-# Models
+# The spec
 # --------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=1024)
-
-
-class FloatParam(_Model):
-    """A float drawn from [low, high], optionally on a log scale or a grid of `step`."""
-
-    type: Literal["float"] = Field(description="Distribution kind.")
-    low: float = Field(description="Lower bound, inclusive.", examples=[1e-4])
-    high: float = Field(description="Upper bound, inclusive.", examples=[1e-1])
-    log: bool = Field(False, description="Sample on a log scale; needs low > 0, no step.")
-    step: float | None = Field(
-        None, gt=0, description="Discretization step; None for a continuous range."
-    )
-
-    @model_validator(mode="after")
-    def _check_range(self) -> FloatParam:
-        problems = _Problems()
-        if self.low >= self.high:
-            problems.add(("low",), _empty_range(self.low, self.high), self.low)
-        if self.log and self.low <= 0:
-            problems.add(("low",), f"a log range needs low > 0, got {self.low:g}", self.low)
-        if self.log and self.step is not None:
-            problems.add(("step",), "step cannot be combined with log: true", self.step)
-        if self.step is not None and not problems and self.step > self.high - self.low:
-            problems.add(("step",), f"step ({self.step:g}) is larger than the range", self.step)
-        problems.raise_if_any("FloatParam")
-        return self
-
-
-def _empty_range(low: float, high: float) -> str:
-    return (
-        f"empty range: low ({low:g}) must be below high ({high:g}); "
-        "to pin one value use fixed_params"
-    )
-
-
-class IntParam(_Model):
-    """An integer drawn from [low, high] with `step`, optionally on a log scale."""
-
-    type: Literal["int"] = Field(description="Distribution kind.")
-    low: int = Field(description="Lower bound, inclusive.", examples=[1])
-    high: int = Field(description="Upper bound, inclusive.", examples=[4])
-    log: bool = Field(False, description="Sample on a log scale; needs low >= 1 and step 1.")
-    step: int = Field(1, ge=1, description="Spacing between the values.")
-
-    @model_validator(mode="after")
-    def _check_range(self) -> IntParam:
-        problems = _Problems()
-        if self.low >= self.high:
-            problems.add(("low",), _empty_range(self.low, self.high), self.low)
-        if self.log and self.low <= 0:
-            problems.add(("low",), f"a log range needs low >= 1, got {self.low}", self.low)
-        if self.log and self.step != 1:
-            problems.add(("step",), "a log range needs step 1", self.step)
-        if self.step > 1 and not problems and self.step > self.high - self.low:
-            problems.add(("step",), f"step ({self.step}) is larger than the range", self.step)
-        problems.raise_if_any("IntParam")
-        return self
-
-
-class CategoricalParam(_Model):
-    """One of a list of values."""
-
-    type: Literal["categorical"] = Field(description="Distribution kind.")
-    choices: list[ParamValue] = Field(
-        min_length=1,
-        max_length=64,
-        description="The values to choose from (strings or numbers), without duplicates.",
-        examples=[["relu", "gelu", "silu"]],
-    )
-
-    @field_validator("choices")
-    @classmethod
-    def _unique(cls, choices: list[ParamValue]) -> list[ParamValue]:
-        seen = [_choice_key(c) for c in choices]
-        if len(set(seen)) != len(seen):
-            raise _invalid("choices must not repeat a value")
-        for c in choices:
-            if isinstance(c, float) and not math.isfinite(c):
-                raise _invalid("choices must be finite numbers")
-        return choices
-
-
-SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
-
-
-class Objective(_Model):
+class Objective(SpecModel):
     """One metric to optimize."""
 
     metric: Literal["accuracy", "robustness", "latency_ms", "params", "size_mb"] = Field(
@@ -370,14 +217,14 @@ class Objective(_Model):
         return data
 
 
-class PGD(_Model):
+class PGD(SpecModel):
     """Projected gradient descent attack settings."""
 
     eps: float = Field(0.03, gt=0, le=1, description="L-inf radius, in [0, 1] pixel units.")
     steps: int = Field(5, ge=1, le=100, description="Attack iterations.")
 
 
-class Robustness(_Model):
+class Robustness(SpecModel):
     """The perturbation suite behind the `robustness` metric."""
 
     gaussian_sigma: list[Annotated[float, Field(gt=0, le=5)]] = Field(
@@ -399,7 +246,7 @@ class Robustness(_Model):
         return not (self.gaussian_sigma or self.fgsm_eps or self.pgd or self.corruptions)
 
 
-class Compression(_Model):
+class Compression(SpecModel):
     """Compression applied before measuring params, size_mb and latency_ms."""
 
     quantize_int8: bool = Field(False, description="Dynamic int8 quantization of linear layers.")
@@ -408,166 +255,7 @@ class Compression(_Model):
     )
 
 
-# Samplers -------------------------------------------------------------------
-
-_Seed = Annotated[
-    Annotated[int, Field(ge=0, le=2**32 - 1)] | None,
-    Field(description="Sampler seed; null for a random one."),
-]
-
-
-class TPESampler(_Model):
-    """Tree-structured Parzen Estimator (Optuna's default)."""
-
-    type: Literal["tpe"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-    n_startup_trials: int = Field(10, ge=0, le=10_000, description="Random trials first.")
-    n_ei_candidates: int = Field(24, ge=1, le=10_000, description="Candidates per sample.")
-    multivariate: bool | None = Field(
-        None, description="Model parameters jointly; null: yes for one objective, no for more."
-    )
-    group: bool = Field(False, description="Decompose the space into groups (needs multivariate).")
-    constant_liar: bool = Field(True, description="Avoid sampling near running trials.")
-
-    @model_validator(mode="after")
-    def _group_needs_multivariate(self) -> TPESampler:
-        if self.group and self.multivariate is False:
-            problems = _Problems()
-            problems.add(("group",), "group needs multivariate: true", True)
-            problems.raise_if_any("TPESampler")
-        return self
-
-
-class NSGA2Sampler(_Model):
-    """NSGA-II genetic algorithm, for one or several objectives."""
-
-    type: Literal["nsga2"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-    population_size: int = Field(50, ge=2, le=10_000, description="Trials per generation.")
-    mutation_prob: float | None = Field(
-        None, ge=0, le=1, description="Mutation probability; null for 1/number of params."
-    )
-    crossover_prob: float = Field(0.9, ge=0, le=1, description="Crossover probability.")
-    swapping_prob: float = Field(0.5, ge=0, le=1, description="Uniform crossover swap rate.")
-
-
-class RandomSampler(_Model):
-    """Independent uniform sampling."""
-
-    type: Literal["random"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-
-
-class GPSampler(_Model):
-    """Gaussian-process Bayesian optimization (logEI, or logEHVI for several objectives)."""
-
-    type: Literal["gp"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-    n_startup_trials: int = Field(10, ge=0, le=10_000, description="Random trials first.")
-    deterministic_objective: bool = Field(False, description="Assume noise-free objectives.")
-
-
-class CmaEsSampler(_Model):
-    """CMA-ES: one objective, at least two float or int parameters."""
-
-    type: Literal["cmaes"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-    n_startup_trials: int = Field(1, ge=0, le=10_000, description="Random trials first.")
-    popsize: int | None = Field(None, ge=2, le=10_000, description="Population size.")
-    use_separable_cma: bool = Field(False, description="Diagonal covariance (sep-CMA-ES).")
-    with_margin: bool = Field(False, description="CMA-ES with margin, for int parameters.")
-    lr_adapt: bool = Field(False, description="Learning-rate adaptation for noisy problems.")
-
-    @model_validator(mode="after")
-    def _compatible_options(self) -> CmaEsSampler:
-        problems = _Problems()
-        if self.with_margin and self.use_separable_cma:
-            problems.add(("with_margin",), "with_margin excludes use_separable_cma", True)
-        if self.lr_adapt and (self.with_margin or self.use_separable_cma):
-            problems.add(("lr_adapt",), "lr_adapt excludes with_margin and use_separable_cma", True)
-        problems.raise_if_any("CmaEsSampler")
-        return self
-
-
-class QMCSampler(_Model):
-    """Quasi-Monte Carlo low-discrepancy sequence."""
-
-    type: Literal["qmc"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-    qmc_type: Literal["sobol", "halton"] = Field("sobol", description="Sequence kind.")
-    scramble: bool = Field(False, description="Randomize the sequence (uses the seed).")
-
-
-class GridSampler(_Model):
-    """Every combination of a finite space (categorical, int, or float with step)."""
-
-    type: Literal["grid"] = Field(description="Sampler kind.")
-    seed: _Seed = None
-
-
-SamplerSpec = Annotated[
-    TPESampler | NSGA2Sampler | RandomSampler | GPSampler | CmaEsSampler | QMCSampler | GridSampler,
-    Field(discriminator="type"),
-]
-
-
-# Pruners --------------------------------------------------------------------
-
-
-class MedianPruner(_Model):
-    """Prune a trial whose value is worse than the median of earlier trials at the same step."""
-
-    type: Literal["median"] = Field(description="Pruner kind.")
-    n_startup_trials: int = Field(5, ge=0, le=10_000, description="Trials never pruned first.")
-    n_warmup_steps: int = Field(0, ge=0, le=10_000, description="Epochs never pruned.")
-    interval_steps: int = Field(1, ge=1, le=10_000, description="Check every this many epochs.")
-    n_min_trials: int = Field(1, ge=1, le=10_000, description="Trials needed at a step.")
-
-
-class HyperbandPruner(_Model):
-    """Hyperband over successive-halving brackets; resources are epochs."""
-
-    type: Literal["hyperband"] = Field(description="Pruner kind.")
-    min_resource: int = Field(1, ge=1, le=100_000, description="Epochs before the first cut.")
-    max_resource: int | None = Field(
-        None, ge=1, le=100_000, description="Epochs of a full trial; null for budget.epochs."
-    )
-    reduction_factor: int = Field(3, ge=2, le=100, description="Keep 1/this at each rung.")
-    bootstrap_count: int = Field(0, ge=0, le=10_000, description="Trials needed at a rung.")
-
-
-class SuccessiveHalvingPruner(_Model):
-    """Asynchronous successive halving; resources are epochs."""
-
-    type: Literal["successive_halving"] = Field(description="Pruner kind.")
-    min_resource: int | Literal["auto"] = Field(
-        "auto", description="Epochs before the first cut, or auto."
-    )
-    reduction_factor: int = Field(4, ge=2, le=100, description="Keep 1/this at each rung.")
-    min_early_stopping_rate: int = Field(0, ge=0, le=100, description="Rung offset.")
-    bootstrap_count: int = Field(0, ge=0, le=10_000, description="Trials needed at a rung.")
-
-    @field_validator("min_resource")
-    @classmethod
-    def _positive(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1 <= v <= 100_000:
-            raise _invalid("min_resource must be between 1 and 100000, or auto")
-        return v
-
-
-class NopPruner(_Model):
-    """Never prune."""
-
-    type: Literal["none"] = Field(description="Pruner kind.")
-
-
-PrunerSpec = Annotated[
-    MedianPruner | HyperbandPruner | SuccessiveHalvingPruner | NopPruner,
-    Field(discriminator="type"),
-]
-
-
-class Budget(_Model):
+class Budget(SpecModel):
     """How much work the study may use."""
 
     max_trials: int = Field(
@@ -603,7 +291,7 @@ _EXAMPLE = {
 }
 
 
-class StudySpec(_Model):
+class StudySpec(SpecModel):
     """A study: source model, target dataset, search space, objectives and how to search."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
@@ -674,26 +362,30 @@ class StudySpec(_Model):
     def _check_source_model(cls, uri: str) -> str:
         scheme, sep, rest = uri.partition(":")
         if not sep or not rest:
-            raise _invalid(
-                f"{_show(uri)} has no scheme: use builtin:<name>, torchvision:<arch> or file:<path>"
+            raise custom_error(
+                f"{show_value(uri)} has no scheme: use builtin:<name>, torchvision:<arch> "
+                "or file:<path>"
             )
         if scheme == "builtin":
             if rest not in BUILTIN_MODELS:
-                raise _invalid(
-                    f"unknown built-in model {_show(rest)}; known: " + ", ".join(BUILTIN_MODELS)
+                raise custom_error(
+                    f"unknown built-in model {show_value(rest)}; known: "
+                    + ", ".join(BUILTIN_MODELS)
                 )
         elif scheme == "torchvision":
             if not _TORCHVISION_ARCH.match(rest):
-                raise _invalid(f"{_show(rest)} is not a torchvision architecture name")
+                raise custom_error(f"{show_value(rest)} is not a torchvision architecture name")
         elif scheme == "file":
             if not rest.endswith(WEIGHT_SUFFIXES):
-                raise _invalid(
+                raise custom_error(
                     "a file: model must end in "
                     + ", ".join(WEIGHT_SUFFIXES)
-                    + f", got {_show(rest)}"
+                    + f", got {show_value(rest)}"
                 )
         else:
-            raise _invalid(f"unknown scheme {_show(scheme)}; known: builtin, torchvision, file")
+            raise custom_error(
+                f"unknown scheme {show_value(scheme)}; known: builtin, torchvision, file"
+            )
         return uri
 
     @field_validator("dataset")
@@ -701,22 +393,27 @@ class StudySpec(_Model):
     def _check_dataset(cls, uri: str) -> str:
         scheme, sep, rest = uri.partition(":")
         if not sep or not rest:
-            raise _invalid(f"{_show(uri)} has no scheme: use builtin:<name> or imagefolder:<path>")
+            raise custom_error(
+                f"{show_value(uri)} has no scheme: use builtin:<name> or imagefolder:<path>"
+            )
         if scheme == "builtin":
             if rest not in BUILTIN_DATASETS:
-                raise _invalid(
-                    f"unknown built-in dataset {_show(rest)}; known: " + ", ".join(BUILTIN_DATASETS)
+                raise custom_error(
+                    f"unknown built-in dataset {show_value(rest)}; known: "
+                    + ", ".join(BUILTIN_DATASETS)
                 )
         elif scheme != "imagefolder":
-            raise _invalid(f"unknown scheme {_show(scheme)}; known: builtin, imagefolder")
+            raise custom_error(f"unknown scheme {show_value(scheme)}; known: builtin, imagefolder")
         return uri
 
     @field_validator("source_weights")
     @classmethod
     def _check_weights(cls, path: str | None) -> str | None:
         if path is not None and not path.endswith(WEIGHT_SUFFIXES):
-            raise _invalid(
-                "source_weights must end in " + ", ".join(WEIGHT_SUFFIXES) + f", got {_show(path)}"
+            raise custom_error(
+                "source_weights must end in "
+                + ", ".join(WEIGHT_SUFFIXES)
+                + f", got {show_value(path)}"
             )
         return path
 
@@ -724,7 +421,7 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> StudySpec:
-        problems = _Problems()
+        problems = Problems()
         self._check_source(problems)
         self._check_objectives(problems)
         self._check_search_space(problems)
@@ -738,7 +435,7 @@ class StudySpec(_Model):
             self.pruner = NopPruner(type="none") if multi else HyperbandPruner(type="hyperband")
         return self
 
-    def _check_source(self, problems: _Problems) -> None:
+    def _check_source(self, problems: Problems) -> None:
         scheme = self.source_model.partition(":")[0]
         if scheme == "torchvision" and self.source_weights is None:
             problems.add(
@@ -753,7 +450,7 @@ class StudySpec(_Model):
                 self.source_weights,
             )
 
-    def _check_objectives(self, problems: _Problems) -> None:
+    def _check_objectives(self, problems: Problems) -> None:
         seen: set[str] = set()
         for i, objective in enumerate(self.objectives):
             if objective.metric in seen:
@@ -768,7 +465,7 @@ class StudySpec(_Model):
                 ("robustness",), "the robustness objective needs at least one perturbation"
             )
 
-    def _check_search_space(self, problems: _Problems) -> None:
+    def _check_search_space(self, problems: Problems) -> None:
         for name, dist in self.search_space.items():
             loc: Loc = ("search_space", name)
             known = KNOWN_PARAMS.get(name)
@@ -797,7 +494,7 @@ class StudySpec(_Model):
                     if (why := known.problem_with(value)) is not None:
                         problems.add((*loc, bound), f"{name} {why}", value)
 
-    def _check_fixed_params(self, problems: _Problems) -> None:
+    def _check_fixed_params(self, problems: Problems) -> None:
         for name, value in self.fixed_params.items():
             loc: Loc = ("fixed_params", name)
             known = KNOWN_PARAMS.get(name)
@@ -814,7 +511,7 @@ class StudySpec(_Model):
             else:
                 self.fixed_params[name] = known.coerce(value)
 
-    def _check_sampler(self, problems: _Problems) -> None:
+    def _check_sampler(self, problems: Problems) -> None:
         sampler = self.sampler
         loc: Loc = ("sampler", "type")
         if isinstance(sampler, CmaEsSampler):
@@ -846,7 +543,7 @@ class StudySpec(_Model):
                     "grid",
                 )
 
-    def _check_pruner(self, problems: _Problems) -> None:
+    def _check_pruner(self, problems: Problems) -> None:
         pruner = self.pruner
         if pruner is None or isinstance(pruner, NopPruner):
             return
@@ -905,24 +602,16 @@ class StudySpec(_Model):
 
 
 def _unknown_param(name: str) -> str:
-    return f"unknown hyperparameter {_show(name)}; known: " + ", ".join(KNOWN_PARAMS)
+    return f"unknown hyperparameter {show_value(name)}; known: " + ", ".join(KNOWN_PARAMS)
 
 
 def _as_float(value: ParamValue) -> ParamValue:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _grid_count(dist: FloatParam | IntParam | CategoricalParam) -> int:
-    if isinstance(dist, CategoricalParam):
-        return len(dist.choices)
-    if dist.step is None:
-        raise ValueError("a continuous range has no grid")
-    return math.floor((dist.high - dist.low) / dist.step + 1e-9) + 1
-
-
 def grid_size(spec: StudySpec) -> int:
     """Number of points of a finite search space (raises ValueError for a continuous one)."""
-    return math.prod(_grid_count(dist) for dist in spec.search_space.values())
+    return math.prod(grid_count(dist) for dist in spec.search_space.values())
 
 
 def grid_values(spec: StudySpec) -> dict[str, list[ParamValue]]:
@@ -935,7 +624,7 @@ def grid_values(spec: StudySpec) -> dict[str, list[ParamValue]]:
             values[name] = list(range(dist.low, dist.high + 1, dist.step))
         else:
             assert dist.step is not None
-            values[name] = [round(dist.low + i * dist.step, 12) for i in range(_grid_count(dist))]
+            values[name] = [round(dist.low + i * dist.step, 12) for i in range(grid_count(dist))]
     return values
 
 
@@ -955,55 +644,16 @@ def validate_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
             errors.append(
                 {
                     "path": path,
-                    "message": f"{_show(name)} is not in the study's search "
+                    "message": f"{show_value(name)} is not in the study's search "
                     "space; searched: " + ", ".join(spec.search_space),
                 }
             )
             continue
-        why = _problem_in_distribution(dist, value)
+        why = problem_in_distribution(dist, value)
         if why is not None:
             errors.append({"path": path, "message": f"{name} {why}"})
             continue
-        out[name] = _canonical(dist, value)
+        out[name] = canonical_value(dist, value)
     if errors:
         raise SpecError(errors)
     return out
-
-
-def _choice_key(value: Any) -> tuple[str, Any]:
-    """Compare choices as JSON does: 1 and 1.0 are the same number, true is not 1."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, int | float):
-        return ("number", float(value))
-    return (type(value).__name__, value)
-
-
-def _problem_in_distribution(
-    dist: FloatParam | IntParam | CategoricalParam, value: Any
-) -> str | None:
-    if isinstance(dist, CategoricalParam):
-        if _choice_key(value) not in {_choice_key(c) for c in dist.choices}:
-            choices = ", ".join(repr(c) for c in dist.choices)
-            return f"must be one of {choices}, got {_show(value)}"
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return f"must be a finite number, got {_show(value)}"
-    if isinstance(dist, IntParam) and not float(value).is_integer():
-        return f"must be an integer, got {_show(value)}"
-    if not dist.low <= value <= dist.high:
-        return f"must be in [{dist.low:g}, {dist.high:g}], got {_show(value)}"
-    if dist.step is not None:
-        k = (value - dist.low) / dist.step
-        if abs(k - round(k)) > 1e-8:
-            return f"must be low + a multiple of step {dist.step:g}, got {_show(value)}"
-    return None
-
-
-def _canonical(dist: FloatParam | IntParam | CategoricalParam, value: Any) -> Any:
-    if isinstance(dist, IntParam):
-        return int(value)
-    if isinstance(dist, FloatParam):
-        return float(value)
-    key = _choice_key(value)
-    return next(c for c in dist.choices if _choice_key(c) == key)
