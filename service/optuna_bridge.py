@@ -607,7 +607,9 @@ def get_frozen_trial(storage: BaseStorage, trial_id: int) -> FrozenTrial:
 
 
 def set_trial_progress(storage: BaseStorage, trial_id: int, progress: dict) -> None:
-    storage.set_trial_user_attr(trial_id, ATTR_PROGRESS, progress)
+    """Show how far a running trial got; a trial that finished meanwhile keeps its last."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_user_attr(trial_id, ATTR_PROGRESS, progress)
 
 
 def _same_float(a: float, b: float) -> bool:

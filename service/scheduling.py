@@ -68,6 +68,7 @@ def utcnow() -> datetime:
 class Budget:
     max_trials: int
     max_retries: int
+    trial_timeout_s: int
 
     def attempts_cap(self) -> int:
         """Trials a study may ever start: a study whose every trial fails stops here."""
@@ -79,6 +80,7 @@ def study_budget(record: StudyRecord) -> Budget:
     return Budget(
         max_trials=int(budget.get("max_trials", 50)),
         max_retries=int(budget.get("max_retries", 2)),
+        trial_timeout_s=int(budget.get("trial_timeout_s", 900)),
     )
 
 
@@ -130,12 +132,17 @@ def lease_trial(
         session.commit()
         return _assignment(held, record, params, settings)
     for record in _studies_in_turn(session):
+        try:
+            entry = study_of(storage, record)
+        except KeyError:  # its Optuna study was deleted behind TuneFleet's back
+            log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
+            continue
         assignment = _lease_from_study(
             session,
             storage=storage,
             settings=settings,
             study_id=record.id,
-            entry=study_of(storage, record),
+            entry=entry,
             worker_id=worker_id,
             device=device,
         )
@@ -296,7 +303,8 @@ def reap_stale_leases(
 ) -> list[int]:
     """Fail the trials whose leases expired and re-queue their parameters; returns their ids.
 
-    Also fails RUNNING trials that never got a lease row (the API lost the
+    Also fails the trials that ran past their study's trial_timeout_s (not
+    re-queued), and RUNNING trials that never got a lease row (the API lost the
     database between Optuna's ask and the lease's commit).
     """
     now = utcnow()
@@ -333,6 +341,19 @@ def reap_stale_leases(
             touched.add(lease.study_id)
             log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
         session.flush()
+        for lease, record in _overdue_leases(session, now=now):
+            timeout_s = study_budget(record).trial_timeout_s
+            reason = f"timed out: the trial ran longer than its {timeout_s}s (trial_timeout_s)"
+            # Not re-queued: the same parameters would run as long again.
+            lease.outcome = fail_and_requeue(
+                storage=storage, record=record, lease=lease, reason=reason, requeue=False
+            )
+            lease.state = "expired"
+            lease.finished_at = now
+            reaped.append(lease.trial_id)
+            touched.add(lease.study_id)
+            log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
+        session.flush()
         cutoff = now - timedelta(seconds=2 * settings.grace_period_s)
         for study_id, trial_id, number in orphaned_running_trials(session, started_before=cutoff):
             record = session.get_one(StudyRecord, study_id)
@@ -360,6 +381,31 @@ def reap_stale_leases(
         for study_id in touched:
             settle_study(session, storage=storage, study_id=study_id)
     return reaped
+
+
+def _overdue_leases(session: Session, *, now: datetime) -> list[tuple[Lease, StudyRecord]]:
+    """Active leases older than their study's trial_timeout_s, locked (those free)."""
+    rows = session.execute(
+        sa.select(Lease.trial_id, Lease.leased_at, StudyRecord.spec)
+        .join(StudyRecord, StudyRecord.id == Lease.study_id)
+        .where(Lease.state == "active")
+    ).all()
+    overdue = [
+        trial_id
+        for trial_id, leased_at, spec in rows
+        if (now - leased_at).total_seconds()
+        > int(((spec or {}).get("budget") or {}).get("trial_timeout_s", 900))
+    ]
+    if not overdue:
+        return []
+    return list(
+        session.execute(
+            sa.select(Lease, StudyRecord)
+            .join(StudyRecord, StudyRecord.id == Lease.study_id)
+            .where(Lease.trial_id.in_(overdue), Lease.state == "active")
+            .with_for_update(of=Lease, skip_locked=True)
+        ).tuples()
+    )
 
 
 class Reaper:

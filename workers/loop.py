@@ -200,6 +200,10 @@ class Worker:
                 self.stop_requested.wait(delay)
                 continue
             polls = 0
+            if self.stop_requested.is_set():
+                # Told to stop while the lease was on its way: hand it straight back.
+                self._let_go(_RunningTrial(assignment), WORKER_INTERRUPTED)
+                break
             self.run(assignment)
             self.trials_run += 1
             idle_since = time.monotonic()

@@ -259,6 +259,24 @@ def test_a_silent_lease_is_reaped_requeued_once_and_its_late_complete_is_409(
     assert [t.state.name for t in fleet_env.trials(study_id)].count("WAITING") == 0
 
 
+def test_a_trial_past_its_timeout_is_failed_and_its_worker_told_to_stop(fleet_env: FleetEnv):
+    study_id = fleet_env.create_study(
+        "timeout", budget={"max_trials": 3, "epochs": 1, "trial_timeout_s": 1}
+    )
+    with fleet_env.client() as client:
+        trial_id = lease(client)["trial_id"]
+
+        def stopped() -> bool:  # heartbeating all along, so only the timeout can end it
+            return client.post(f"/trials/{trial_id}/heartbeat", json={}).json()["stop"]
+
+        wait_until(stopped, timeout_s=REAP_DEADLINE_S, what="the timeout", every_s=0.3)
+    trial = fleet_env.trial(trial_id)
+    assert trial.state.name == "FAIL"
+    assert "timed out" in trial.user_attrs["fail_reason"]
+    assert "retried_as" not in trial.user_attrs
+    assert fleet_env.states(study_id) == {"FAIL": 1}
+
+
 def test_median_pruner_prunes_a_poor_trial_and_the_decision_sticks(fleet_env: FleetEnv):
     study_id = fleet_env.create_study(
         "pruned",
