@@ -1,8 +1,7 @@
-"""`python -m workers ...` is `tunefleet worker ...`."""
+"""`python -m workers ...` is `tunefleet worker ...` (without importing the service)."""
 
 import sys
 
-from tunefleet.cli import main
+from tunefleet.cli import app
 
-sys.argv[1:1] = ["worker"]
-main()
+app(["worker", *sys.argv[1:]], prog_name="python -m workers")
