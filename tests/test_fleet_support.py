@@ -167,6 +167,7 @@ class FleetEnv:
         epoch_s: float = 0.02,
         name: str = "",
         service_url: str | None = None,
+        token: str | None = None,
     ) -> subprocess.Popen:
         """A real `python -m workers` process running a test objective."""
         name = name or f"worker-{len(self.workers)}"
@@ -181,7 +182,7 @@ class FleetEnv:
                 "--service",
                 service_url or self.api.url,
                 "--token",
-                self.worker_token,
+                token or self.worker_token,
                 "--worker-id",
                 name,
                 "--device",

@@ -183,11 +183,8 @@ class Worker:
                 )
             except Interrupted:
                 break
-            except Rejected as error:
-                if error.status_code in (401, 403):
-                    raise
-                log.error("lease refused: %s", error)
-                assignment = None
+            # A Rejected lease (bad token, bad worker id) would be refused again: it
+            # propagates and the worker exits with the service's message.
             if assignment is None:
                 idle_s = time.monotonic() - idle_since
                 if self.idle_exit_s is not None and idle_s >= self.idle_exit_s:
@@ -318,7 +315,9 @@ class Worker:
         attempts: int | None = None,
     ) -> Any:
         """Deliver a final answer; a 409/404 means the service already settled the trial."""
-        for attempt in range(attempts or 1_000_000_000):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return call()
             except Rejected as error:
@@ -329,10 +328,9 @@ class Worker:
                 log.warning("trial %s: stopped before the service answered", trial.trial_id)
                 return None
             except Unreachable as error:
-                if attempts is not None and attempt + 1 >= attempts:
+                if attempts is not None and attempt >= attempts:
                     log.warning("trial %s: giving up: %s", trial.trial_id, error)
                     return None
-        return None
 
 
 def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:

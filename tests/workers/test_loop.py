@@ -45,6 +45,12 @@ def test_idle_worker_exits_after_idle_exit(fleet_env: FleetEnv):
     assert "no work for" in fleet_env.worker_log(worker)
 
 
+def test_a_worker_with_a_bad_token_exits_with_the_reason(fleet_env: FleetEnv):
+    worker = fleet_env.start_worker(token="tf_not-a-real-token")
+    assert fleet_env.wait_workers([worker], timeout_s=30) == [1]
+    assert "invalid or revoked token" in fleet_env.worker_log(worker)
+
+
 def test_a_trial_that_raises_is_failed_with_its_message_and_the_worker_goes_on(
     fleet_env: FleetEnv,
 ):
