@@ -151,7 +151,10 @@ def change_study_state(
     find_study(session, principal=principal, study_id=study_id)
     # Lock the row: the scheduler may be completing the study at the same time.
     record = session.scalars(
-        sa.select(StudyRecord).where(StudyRecord.id == study_id).with_for_update()
+        sa.select(StudyRecord)
+        .where(StudyRecord.id == study_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # the state as of the lock, not before
     ).one()
     allowed_from, target = TRANSITIONS[action]
     if record.state != target:
