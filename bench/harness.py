@@ -80,7 +80,7 @@ def write_results(name: str, results: dict[str, Any], args: argparse.Namespace) 
     path = out_dir / f"{name}.json"
     body = {
         "benchmark": name,
-        "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]),
+        "command": " ".join([_python(), "-m", f"bench.{name}", *sys.argv[1:]]),
         "tiny": bool(getattr(args, "tiny", False)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
@@ -89,6 +89,15 @@ def write_results(name: str, results: dict[str, Any], args: argparse.Namespace) 
     path.write_text(json.dumps(body, indent=2, default=str) + "\n")
     print(f"results: {path}")
     return path
+
+
+def _python() -> str:
+    """The interpreter as the docs spell it: .venv/bin/python inside the repository."""
+    root = Path(__file__).resolve().parent.parent
+    executable = Path(sys.executable)
+    with suppress(ValueError):
+        return str(executable.relative_to(root))
+    return executable.name
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -42,35 +42,9 @@ from bench.service_throughput import http_worker, run_processes
 
 # The route handlers of service/api/leases.py whose requests are attributed.
 ROUTES = {"lease": "create_lease", "complete": "complete"}
-# Functions worth a line in the table, by (function name, file suffix).
-WATCH = [
-    ("lease_trial", "service/scheduling.py"),
-    ("_studies_in_turn", "service/scheduling.py"),
-    ("_lease_from_study", "service/scheduling.py"),
-    ("counts", "service/optuna_bridge.py"),
-    ("ask_leased_trial", "service/optuna_bridge.py"),
-    ("ask", "optuna/study/study.py"),
-    ("sample_relative", "optuna/samplers/_tpe/sampler.py"),
-    ("_sample", "optuna/samplers/_tpe/sampler.py"),
-    ("sample_independent", "optuna/samplers/_tpe/sampler.py"),
-    ("get_all_trials", "optuna/storages/_cached_storage.py"),
-    ("_read_trials_from_remote_storage", "optuna/storages/_cached_storage.py"),
-    ("set_trial_user_attr", "optuna/storages/_cached_storage.py"),
-    ("set_trial_param", "optuna/storages/_cached_storage.py"),
-    ("create_new_trial", "optuna/storages/_cached_storage.py"),
-    ("get_trial", "optuna/storages/_cached_storage.py"),
-    ("set_trial_state_values", "optuna/storages/_cached_storage.py"),
-    ("complete_trial", "service/leasing.py"),
-    ("complete_leased_trial", "service/optuna_bridge.py"),
-    ("settle_study", "service/scheduling.py"),
-    ("study_of", "service/scheduling.py"),
-    ("session_scope", "service/db.py"),
-    ("commit", "sqlalchemy/orm/session.py"),
-    ("current_principal", "service/auth.py"),
-    ("authenticate", "service/auth.py"),
-    ("serialize_response", "fastapi/routing.py"),
-    ("model_dump", "pydantic/main.py"),
-]
+# Frames in these places get a line in the table: our code and Optuna's.
+SHOWN = ("service/", "optuna/")
+TOP = 25
 
 
 def parse_collapsed(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
@@ -89,23 +63,38 @@ def parse_collapsed(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
 
 
 def attribute(stacks, route: str) -> dict[str, Any]:
-    """Samples of requests to `route`, and the share each watched function was on the stack."""
+    """Samples of requests to `route`; for each function of ours or Optuna's below the
+    route, the share of those samples it was on the stack for (inclusive)."""
     in_route = [(f, n) for f, n in stacks if any(name == route for name, _ in f)]
     total = sum(n for _, n in in_route)
-    shares: dict[str, float] = {}
-    for name, suffix in WATCH:
-        hit = sum(n for f, n in in_route if any(fn == name and fl.endswith(suffix) for fn, fl in f))
-        if hit:
-            shares[f"{suffix}:{name}"] = hit / total
-    leaves = Counter()
+    inclusive: Counter = Counter()
+    leaves: Counter = Counter()
     for frames, n in in_route:
-        name, file = frames[-1]
-        leaves[_area(file)] += n
+        below = frames[next(i for i, (name, _) in enumerate(frames) if name == route) :]
+        for key in {(name, _short(file)) for name, file in below[1:] if _shown(file)}:
+            inclusive[key] += n
+        leaves[_area(frames[-1][1])] += n
     return {
         "samples": total,
-        "inclusive_share": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+        "inclusive_share": {
+            f"{file}:{name}": n / total for (name, file), n in inclusive.most_common(TOP)
+        },
         "leaf_share_by_area": {k: v / total for k, v in leaves.most_common()},
     }
+
+
+def _shown(file: str) -> bool:
+    return any(file.startswith(place) or f"/{place}" in file for place in SHOWN)
+
+
+def _short(file: str) -> str:
+    """optuna/storages/_rdb/storage.py, service/leasing.py: the path from the package on."""
+    for place in SHOWN:
+        if file.startswith(place):
+            return file
+        if f"/{place}" in file:
+            return place + file.split(f"/{place}", 1)[1]
+    return file
 
 
 def _area(file: str) -> str:
