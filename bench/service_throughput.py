@@ -13,7 +13,9 @@ quadratic objective that costs nothing) on the same PostgreSQL.
 
 Seeds: the spec's sampler seed is null, so every sampler (each API process,
 each Optuna process) draws its own. Trials per second is trials finished over
-the wall time from the start signal to the last worker's end.
+the wall time from the start signal to the last worker's end; each N runs
+`--repeats` service/Optuna pairs back to back, and the figures are medians
+(the ratio: the median of the pairs' ratios).
 
     .venv/bin/python -m bench.service_throughput [--tiny] [--workers 1 4 16]
         [--trials T] [--api-workers 1 2]
@@ -22,6 +24,7 @@ the wall time from the start signal to the last worker's end.
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import time
 import uuid
 from typing import Any
@@ -141,10 +144,25 @@ def optuna_run(database_url: str, workers: int, trials: int) -> dict[str, Any]:
     return run_processes(optuna_worker, [(database_url, name, spec, n) for n in shares])
 
 
+def summarize_pairs(workers: int, processes: int, pairs: list[dict]) -> dict[str, Any]:
+    """Medians over the paired runs; the ratio is the median of the pairs' ratios."""
+    ratios = [ratio(p["service"]["trials_per_s"], p["optuna"]["trials_per_s"]) for p in pairs]
+    return {
+        "workers": workers,
+        "api_processes": processes,
+        "service_trials_per_s": statistics.median(p["service"]["trials_per_s"] for p in pairs),
+        "optuna_trials_per_s": statistics.median(p["optuna"]["trials_per_s"] for p in pairs),
+        "ratio_service_over_optuna": statistics.median(ratios),
+        "ratios": ratios,
+        "http_errors": sum(p["service"]["errors"] for p in pairs),
+        "pairs": pairs,
+    }
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=None, help="N (default 1 4 16)")
-    p.add_argument("--trials", type=int, default=None, help="trials per run (default 300)")
+    p.add_argument("--trials", type=int, default=None, help="trials per run (default 120)")
     p.add_argument(
         "--api-workers",
         type=int,
@@ -152,12 +170,14 @@ def main() -> None:
         default=None,
         help="uvicorn processes of the API, one run each (default 1 2)",
     )
+    p.add_argument("--repeats", type=int, default=None, help="paired runs per N (default 3)")
     args = p.parse_args()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker_counts = args.workers or ([1, 2] if args.tiny else [1, 4, 16])
-    trials = args.trials or (8 if args.tiny else 300)
+    trials = args.trials or (8 if args.tiny else 100)
+    repeats = args.repeats or (1 if args.tiny else 3)
     api_workers = args.api_workers or ([1] if args.tiny else [1, 2])
 
     runs: list[dict[str, Any]] = []
@@ -165,30 +185,25 @@ def main() -> None:
         for processes in api_workers:
             with api_service(database_url, api_workers=processes) as service:
                 for n in worker_counts:
+                    pairs = []
                     # Service and Optuna alternate, so that drift in load hits both alike.
-                    served = service_run(service, n, trials)
-                    direct = optuna_run(database_url, n, trials)
-                    runs.append(
-                        {
-                            "workers": n,
-                            "api_processes": processes,
-                            "service": served,
-                            "optuna": direct,
-                            "ratio_service_over_optuna": ratio(
-                                served["trials_per_s"], direct["trials_per_s"]
-                            ),
-                        }
-                    )
+                    for _ in range(repeats):
+                        served = service_run(service, n, trials)
+                        direct = optuna_run(database_url, n, trials)
+                        pairs.append({"service": served, "optuna": direct})
+                    runs.append(summarize_pairs(n, processes, pairs))
+                    r = runs[-1]
                     print(
                         f"N={n:>2} API processes={processes}: service "
-                        f"{served['trials_per_s']:.1f} trials/s, Optuna "
-                        f"{direct['trials_per_s']:.1f} trials/s",
+                        f"{r['service_trials_per_s']:.1f} trials/s, Optuna "
+                        f"{r['optuna_trials_per_s']:.1f} trials/s (medians of {repeats})",
                         flush=True,
                     )
 
     results = {
         "config": {
             "trials_per_run": trials,
+            "repeats": repeats,
             "workers": worker_counts,
             "api_processes": api_workers,
             "worker_kind": "processes (multiprocessing, fork), one httpx client each",
@@ -213,10 +228,10 @@ def main() -> None:
                 [
                     r["workers"],
                     r["api_processes"],
-                    r["service"]["trials_per_s"],
-                    r["optuna"]["trials_per_s"],
+                    r["service_trials_per_s"],
+                    r["optuna_trials_per_s"],
                     r["ratio_service_over_optuna"],
-                    r["service"]["errors"],
+                    r["http_errors"],
                 ]
                 for r in runs
             ],

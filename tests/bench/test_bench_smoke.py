@@ -49,10 +49,11 @@ def test_service_throughput_reports_trials_per_second_of_both_sides(tmp_path: Pa
     body = run_benchmark(module("service_throughput"), tmp_path)
     assert body["runs"]
     for run in body["runs"]:
-        assert run["service"]["trials"] == body["config"]["trials_per_run"]
-        assert run["optuna"]["trials"] == body["config"]["trials_per_run"]
-        assert positive(run["service"]["trials_per_s"])
-        assert positive(run["optuna"]["trials_per_s"])
+        for pair in run["pairs"]:
+            assert pair["service"]["trials"] == body["config"]["trials_per_run"]
+            assert pair["optuna"]["trials"] == body["config"]["trials_per_run"]
+        assert positive(run["service_trials_per_s"])
+        assert positive(run["optuna_trials_per_s"])
         assert positive(run["ratio_service_over_optuna"])
 
 
