@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
 
 from service import leasing
 from service.deps import CurrentWorker, SessionDep, SettingsDep, StorageDep
@@ -21,6 +23,9 @@ from tunefleet.protocol import (
 )
 
 router = APIRouter(prefix=API_PREFIX, tags=["workers"])
+
+# Optuna's trial ids are 32-bit integers in PostgreSQL: a larger one is a 422, not a 500.
+TrialId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Optuna's trial id.")]
 
 
 @router.post(
@@ -47,7 +52,7 @@ def create_lease(
 
 @router.post("/trials/{trial_id}/heartbeat", response_model=HeartbeatAck)
 def heartbeat(
-    trial_id: int,
+    trial_id: TrialId,
     body: Heartbeat,
     session: SessionDep,
     storage: StorageDep,
@@ -62,7 +67,7 @@ def heartbeat(
 
 @router.post("/trials/{trial_id}/intermediate", response_model=PruneDecision)
 def intermediate(
-    trial_id: int,
+    trial_id: TrialId,
     body: IntermediateReport,
     session: SessionDep,
     storage: StorageDep,
@@ -77,7 +82,7 @@ def intermediate(
 
 @router.post("/trials/{trial_id}/complete", response_model=TrialOutcome)
 def complete(
-    trial_id: int,
+    trial_id: TrialId,
     body: TrialCompletion,
     session: SessionDep,
     storage: StorageDep,
@@ -89,7 +94,7 @@ def complete(
 
 @router.post("/trials/{trial_id}/fail", response_model=TrialOutcome)
 def fail(
-    trial_id: int,
+    trial_id: TrialId,
     body: TrialFailure,
     session: SessionDep,
     storage: StorageDep,
