@@ -18,7 +18,6 @@ that ask for trials should keep one Study object per study and process
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
 import threading
@@ -98,14 +97,8 @@ def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
 
 
 def check_server_support(spec: StudySpec) -> None:
-    """Reject a valid spec that this server cannot run: an optional package is missing,
-    or Optuna refuses the sampler or pruner options (found now, not at the first lease)."""
-    if spec.sampler.type == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        raise InvalidSpec(
-            "the cmaes sampler needs the 'cmaes' package, which this server does not have; "
-            "choose another sampler or ask the operator to install it",
-            path=["sampler", "type"],
-        )
+    """Reject a valid spec that this server cannot run: Optuna refuses the sampler or
+    pruner options (found now, not at the first lease)."""
     for part, build in (("sampler", build_sampler), ("pruner", build_pruner)):
         try:
             with warnings.catch_warnings():
