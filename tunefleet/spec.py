@@ -160,7 +160,9 @@ KNOWN_PARAMS: dict[str, KnownParam] = {
     "head_depth": KnownParam("int", 1, "layers in the new head", min=1, max=8),
     "head_width": KnownParam("int", 128, "width of the head's hidden layers", min=1, max=8192),
     "dropout": KnownParam("float", 0.0, "dropout in the head", min=0.0, max=1.0, max_open=True),
-    "weight_decay": KnownParam("float", 0.0, "decoupled weight decay", min=0.0, max=10.0),
+    "weight_decay": KnownParam(
+        "float", 0.0, "weight decay (decoupled with adamw, L2 otherwise)", min=0.0, max=10.0
+    ),
     "batch_size": KnownParam("int", 64, "training batch size", min=1, max=4096),
     "unfreeze_blocks": KnownParam(
         "int", 0, "backbone blocks trained, counted from the top", min=0, max=1000
@@ -185,7 +187,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 
 BUILTIN_MODELS = ("digits-cnn",)
 BUILTIN_DATASETS = ("digits-5to9",)
-CORRUPTIONS = ("blur", "contrast", "brightness")
+CORRUPTIONS = ("blur", "contrast", "brightness", "pixelate", "shot_noise")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 MAX_GRID_POINTS = 100_000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from tunefleet.spec import KNOWN_PARAMS
+from tunefleet.spec import METRICS as SPEC_METRICS
 from workers.transfer.compress import Compression, compress, count_params, latency_ms, size_mb
 from workers.transfer.data import Dataset, load_dataset, to_float
 from workers.transfer.errors import ParamError
@@ -23,36 +25,13 @@ from workers.transfer.sources import SourceModel, load_source_model
 from workers.transfer.train import FitResult, Report, TrainConfig, accuracy, fine_tune
 from workers.transfer.weights import save_weights
 
-# Engine defaults of the known hyperparameters (docs/CONTRACT.md).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "lr": 1e-3,
-    "activation": "relu",
-    "head_depth": 1,
-    "head_width": 128,
-    "dropout": 0.0,
-    "weight_decay": 0.0,
-    "batch_size": 64,
-    "unfreeze_blocks": 0,
-    "l2sp_alpha": 0.0,
-    "augment_strength": 0.0,
-    "label_smoothing": 0.0,
-    "optimizer": "adam",
-}
+# The known hyperparameters, their defaults and the metrics are the spec's (tunefleet/spec.py).
+DEFAULT_PARAMS: dict[str, Any] = {name: p.default for name, p in KNOWN_PARAMS.items()}
 _KINDS = {
-    "lr": float,
-    "head_depth": int,
-    "head_width": int,
-    "dropout": float,
-    "weight_decay": float,
-    "batch_size": int,
-    "unfreeze_blocks": int,
-    "l2sp_alpha": float,
-    "augment_strength": float,
-    "label_smoothing": float,
-    "activation": str,
-    "optimizer": str,
+    name: {"float": float, "int": int, "categorical": str}[p.kind]
+    for name, p in KNOWN_PARAMS.items()
 }
-METRICS = ("accuracy", "robustness", "latency_ms", "params", "size_mb")
+METRICS = tuple(SPEC_METRICS)
 DEFAULT_EPOCHS = 10
 
 
