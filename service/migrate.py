@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from migrations import SCRIPT_LOCATION, VERSION_TABLE
 from service.db import engine_kwargs, is_connection_error, make_engine, redact_url
-from service.errors import DatabaseUnavailable
+from service.errors import DatabaseUnavailable, TuneFleetError
 
 # Any constant works; it only has to be the same for every migrator.
 _ADVISORY_LOCK_KEY = 0x7475_6E65  # "tune"
@@ -97,6 +97,40 @@ def _upgrade_tunefleet(connection: Connection, url: str) -> None:
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
     connection.commit()
+
+
+class NotMigrated(TuneFleetError):
+    """The database is reachable but its schema is missing or older than this release."""
+
+    status_code = 503
+    code = "not_migrated"
+
+
+def check_database(url: str) -> str:
+    """Make sure the API can start on this database: reachable, and both schemas at head.
+
+    Returns TuneFleet's revision; raises DatabaseUnavailable or NotMigrated with the fix.
+    """
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            revision = current_revision(conn)
+            ctx = MigrationContext.configure(conn)  # Optuna's own alembic_version
+            optuna_revision = ctx.get_current_revision()
+    except sa.exc.SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise DatabaseUnavailable(
+            f"cannot reach the database at TUNEFLEET_DATABASE_URL={redact_url(url)}: {reason}"
+        ) from error
+    finally:
+        engine.dispose()
+    if revision != head_revision() or optuna_revision is None:
+        raise NotMigrated(
+            f"the database at TUNEFLEET_DATABASE_URL={redact_url(url)} is "
+            + ("not migrated" if revision is None else f"at revision {revision}")
+            + f" (this release needs {head_revision()}): run `tunefleet migrate` first"
+        )
+    return revision
 
 
 def migrate(url: str) -> str:

@@ -49,3 +49,18 @@ def test_bad_numeric_setting_names_the_variable(tmp_path):
     assert result.returncode == 2
     assert "TUNEFLEET_GRACE_PERIOD_S" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_on_an_unmigrated_database_says_to_migrate(pg_url, tmp_path):
+    result = run_cli("serve", "--port", str(free_port()), database_url=pg_url, data_dir=tmp_path)
+    assert result.returncode == 1
+    assert "run `tunefleet migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_an_unreachable_database_is_one_line(tmp_path):
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    result = run_cli("serve", "--port", str(free_port()), database_url=url, data_dir=tmp_path)
+    assert result.returncode == 1
+    assert "cannot reach the database at TUNEFLEET_DATABASE_URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -75,8 +75,11 @@ def serve(
 
     import uvicorn
 
+    from service.migrate import check_database
+
     settings = _service_settings(host=host, port=port, database_url=database_url)
     settings.ensure_dirs()
+    check_database(settings.database_url)
     # The app factory reads the environment, also in uvicorn's worker processes.
     os.environ["TUNEFLEET_DATABASE_URL"] = settings.database_url
     uvicorn.run(
