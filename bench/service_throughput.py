@@ -24,8 +24,10 @@ the wall time from the start signal to the last worker's end; each N runs
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import statistics
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -45,8 +47,8 @@ from bench.harness import (
 START_TIMEOUT_S = 120
 
 
-def http_worker(url: str, token: str, worker_id: str, ready, start, results) -> None:
-    """Lease and complete until 204; reports (trials, errors, start, end)."""
+def http_worker(url: str, token: str, worker_id: str, ready, start) -> tuple:
+    """Lease and complete until 204; returns (trials, errors, start, end)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -76,13 +78,13 @@ def http_worker(url: str, token: str, worker_id: str, ready, start, results) -> 
                 errors += 1
                 time.sleep(0.05)
             done += 1
-    results.put((done, errors, began, time.monotonic()))
+    return done, errors, began, time.monotonic()
 
 
 def optuna_worker(
-    database_url: str, study_name: str, spec: dict, trials: int, ready, start, results
-) -> None:
-    """ask / tell `trials` times on RDBStorage; reports (trials, errors, start, end)."""
+    database_url: str, study_name: str, spec: dict, trials: int, ready, start
+) -> tuple:
+    """ask / tell `trials` times on RDBStorage; returns (trials, errors, start, end)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,22 +97,46 @@ def optuna_worker(
     for _ in range(trials):
         trial = study.ask(fixed_distributions=dists)
         study.tell(trial, quadratic.objective(trial.params))
-    results.put((trials, 0, began, time.monotonic()))
+    ended = time.monotonic()
     storage.engine.dispose()
+    return trials, 0, began, ended
+
+
+def _child(target, args: tuple, ready, start, results) -> None:
+    """Run one worker; its report, or its traceback, goes to the parent."""
+    try:
+        results.put(target(*args, ready, start))
+    except BaseException:
+        results.put(traceback.format_exc())
+        ready.put("failed")  # the parent may still be waiting for this worker to be ready
 
 
 def run_processes(target, args_of: list[tuple]) -> dict[str, Any]:
     """Start one process per args tuple, release them together, gather their reports."""
     ctx = mp.get_context("fork")
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=target, args=(*a, ready, start, results)) for a in args_of]
+    procs = [ctx.Process(target=_child, args=(target, a, ready, start, results)) for a in args_of]
     for proc in procs:
         proc.start()
     for _ in procs:
         ready.get(timeout=START_TIMEOUT_S)
     t0 = time.monotonic()
     start.set()
-    reports = [results.get(timeout=1800) for _ in procs]
+    reports: list = []
+    while len(reports) < len(procs):
+        try:
+            reports.append(results.get(timeout=5))
+        except queue.Empty:
+            if not any(proc.is_alive() for proc in procs) and results.empty():
+                codes = [proc.exitcode for proc in procs]
+                raise RuntimeError(
+                    f"workers exited without a report (exit codes {codes})"
+                ) from None
+            continue
+        if isinstance(reports[-1], str):
+            for proc in procs:
+                proc.kill()
+            raise RuntimeError(f"a worker failed:\n{reports[-1]}")
     for proc in procs:
         proc.join()
     trials = sum(r[0] for r in reports)
