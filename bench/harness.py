@@ -253,17 +253,3 @@ def optuna_storage(database_url: str, *, pool_size: int = 2):
         engine_kwargs={"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True},
         skip_compatibility_check=True,
     )
-
-
-def only_optuna_study_name(database_url: str) -> str:
-    """The name of the one Optuna study in the database (the one the service created)."""
-    import optuna
-
-    storage = optuna_storage(database_url, pool_size=1)
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    finally:
-        storage.engine.dispose()
-    if len(names) != 1:
-        raise RuntimeError(f"expected one Optuna study in the database, found {names}")
-    return names[0]
