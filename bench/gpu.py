@@ -12,7 +12,8 @@ epoch), each run `--trials` times in a row as a worker would:
 
 Reports images per second (training images over training time, the cache's
 fill included in the first trial), trials per minute (from the later trials),
-and torch.cuda.max_memory_allocated per variant. Run through bench/gpu.sh:
+and torch.cuda.max_memory_allocated per variant (also less what was resident
+before the variant started: the images and the backbone). Run through bench/gpu.sh:
 
     bench/gpu.sh                 # one GPU, 224x224, within five minutes
     bench/gpu.sh --tiny          # the CPU, 32x32, a few batches (CI)
@@ -191,9 +192,11 @@ def main() -> None:
 
     out: dict[str, dict[str, Any]] = {}
     for name, (dtype, cached) in variants.items():
+        resident = 0
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)  # the images and the backbone
         cache: dict | None = {} if cached else None
         runs = [
             run_trial(
@@ -221,6 +224,11 @@ def main() -> None:
             "trials_per_min": 60 / statistics.median(later),
             "max_memory_allocated_mb": (
                 torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+            ),
+            "max_memory_above_resident_mb": (
+                (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+                if device.type == "cuda"
+                else None
             ),
         }
         print(f"{name}: {out[name]['images_per_s']:.0f} images/s", flush=True)
