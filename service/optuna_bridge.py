@@ -562,7 +562,8 @@ def ask_leased_trial(entry: LoadedStudy) -> FrozenTrial:
     """
     with entry.lock:
         trial = entry.study.ask(fixed_distributions=entry.distributions)
-        return entry.storage.get_trial(trial._trial_id)
+        # The Trial holds what ask wrote (id, number, params): no need to read it back.
+        return trial._cached_frozen_trial
 
 
 def _backend(storage: BaseStorage) -> BaseStorage:
@@ -656,21 +657,21 @@ def complete_leased_trial(
     attrs: dict,
     artifact: str | None,
     worker: dict[str, str],
-) -> FrozenTrial:
+) -> None:
     """Tell the values with the worker's attrs; a retry of a tell that went through is accepted."""
     storage = entry.storage
-    trial = storage.get_trial(trial_id)
-    if trial.state == TrialState.RUNNING:
-        user_attrs = {k: v for k, v in attrs.items() if k not in RESERVED_TRIAL_ATTRS}
-        user_attrs |= worker
-        if artifact is not None:
-            user_attrs[ATTR_ARTIFACT] = artifact
-        # Finished meanwhile (a retried tell, a reaper): judged below.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            _finish_trial(
-                storage, trial_id, state=TrialState.COMPLETE, values=values, user_attrs=user_attrs
-            )
-        trial = storage.get_trial(trial_id)
+    user_attrs = {k: v for k, v in attrs.items() if k not in RESERVED_TRIAL_ATTRS}
+    user_attrs |= worker
+    if artifact is not None:
+        user_attrs[ATTR_ARTIFACT] = artifact
+    try:
+        # _finish_trial checks the state under the trial's row lock: no read before.
+        _finish_trial(
+            storage, trial_id, state=TrialState.COMPLETE, values=values, user_attrs=user_attrs
+        )
+        return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        trial = storage.get_trial(trial_id)  # finished before: a retried tell, the reaper
     if (
         trial.state != TrialState.COMPLETE
         or trial.values is None
@@ -680,7 +681,6 @@ def complete_leased_trial(
             f"trial {trial.number} is already {trial.state.name}"
             + (f" with values {trial.values}" if trial.values else "")
         )
-    return trial
 
 
 def fail_leased_trial(
