@@ -554,16 +554,53 @@ def loaded_study(
         return _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
 
 
-def ask_leased_trial(entry: LoadedStudy) -> FrozenTrial:
+def ask_leased_trial(entry: LoadedStudy, *, waiting: bool = True) -> FrozenTrial:
     """Start a trial: a WAITING one (enqueued or re-queued) first, else a sampled one.
 
     Who runs it is on its lease; the worker id and device go into the trial's
-    user attributes when it finishes (one commit then, none extra now).
+    user attributes when it finishes (one commit then, none extra now). With
+    ``waiting`` False (the caller has just counted no WAITING trial under the
+    study's locks), a new trial's parameters go in one transaction, not one each.
     """
     with entry.lock:
-        trial = entry.study.ask(fixed_distributions=entry.distributions)
-        # The Trial holds what ask wrote (id, number, params): no need to read it back.
-        return trial._cached_frozen_trial
+        backend = _backend(entry.storage)
+        if waiting or not isinstance(backend, RDBStorage):
+            trial = entry.study.ask(fixed_distributions=entry.distributions)
+            # The Trial holds what ask wrote (id, number, params): no need to read it back.
+            return trial._cached_frozen_trial
+        return _ask_new_trial(entry, backend)
+
+
+def _ask_new_trial(entry: LoadedStudy, backend: RDBStorage) -> FrozenTrial:
+    """study.ask(fixed_distributions) for a new trial: each parameter sampled the way
+    Trial._suggest samples it, then all of them written in one transaction."""
+    study = entry.study
+    study._thread_local.cached_all_trials = None  # as ask does: sample on fresh trials
+    trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+    frozen = trial._cached_frozen_trial
+    for name, distribution in entry.distributions.items():
+        if distribution.single():
+            value = optuna.distributions._get_single_value(distribution)
+        elif trial._is_relative_param(name, distribution):
+            value = trial.relative_params[name]
+        else:
+            value = study.sampler.sample_independent(
+                optuna.pruners._filter_study(study, frozen), frozen, name, distribution
+            )
+        distribution.to_internal_repr(value)  # raises for an invalid value, as _suggest does
+        frozen.distributions[name] = distribution
+        frozen.params[name] = value
+    with _rdb_session(backend.scoped_session, True) as session:
+        for name, distribution in frozen.distributions.items():
+            backend._set_trial_param_without_commit(
+                session,
+                frozen._trial_id,
+                name,
+                distribution.to_internal_repr(frozen.params[name]),
+                distribution,
+                distribution,  # the study's own: no query for an earlier trial's
+            )
+    return frozen
 
 
 def _backend(storage: BaseStorage) -> BaseStorage:

@@ -209,7 +209,7 @@ def _lease_from_study(
                 record.state = "completed"
             session.commit()
             return None
-        trial = ask_leased_trial(entry)
+        trial = ask_leased_trial(entry, waiting=counts["WAITING"] > 0)
         now = utcnow()
         lease = Lease(
             trial_id=trial._trial_id,
