@@ -310,6 +310,17 @@ def reap_stale_leases(
     now = utcnow()
     reaped: list[int] = []
     touched: set[int] = set()
+
+    def expire(lease: Lease, record: StudyRecord, reason: str, *, requeue: bool) -> None:
+        lease.outcome = fail_and_requeue(
+            storage=storage, record=record, lease=lease, reason=reason, requeue=requeue
+        )
+        lease.state = "expired"
+        lease.finished_at = now
+        reaped.append(lease.trial_id)
+        touched.add(lease.study_id)
+        log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
+
     with session_scope(engine) as session:
         if (
             engine.dialect.name == "postgresql"
@@ -332,27 +343,13 @@ def reap_stale_leases(
                 f"lease expired: no heartbeat from worker {lease.worker_id} for {silent_s:.1f}s "
                 f"(grace period {settings.grace_period_s:g}s)"
             )
-            lease.outcome = fail_and_requeue(
-                storage=storage, record=record, lease=lease, reason=reason, requeue=True
-            )
-            lease.state = "expired"
-            lease.finished_at = now
-            reaped.append(lease.trial_id)
-            touched.add(lease.study_id)
-            log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
+            expire(lease, record, reason, requeue=True)
         session.flush()
         for lease, record in _overdue_leases(session, now=now):
             timeout_s = study_budget(record).trial_timeout_s
             reason = f"timed out: the trial ran longer than its {timeout_s}s (trial_timeout_s)"
             # Not re-queued: the same parameters would run as long again.
-            lease.outcome = fail_and_requeue(
-                storage=storage, record=record, lease=lease, reason=reason, requeue=False
-            )
-            lease.state = "expired"
-            lease.finished_at = now
-            reaped.append(lease.trial_id)
-            touched.add(lease.study_id)
-            log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
+            expire(lease, record, reason, requeue=False)
         session.flush()
         cutoff = now - timedelta(seconds=2 * settings.grace_period_s)
         for study_id, trial_id, number in orphaned_running_trials(session, started_before=cutoff):
@@ -364,19 +361,12 @@ def reap_stale_leases(
                 number=number,
                 worker_id="(none)",
                 device="(none)",
-                state="expired",
                 leased_at=now,
                 heartbeat_at=now,
                 expires_at=now,
-                finished_at=now,
             )
-            lease.outcome = fail_and_requeue(
-                storage=storage, record=record, lease=lease, reason=reason, requeue=True
-            )
+            expire(lease, record, reason, requeue=True)
             session.add(lease)
-            reaped.append(trial_id)
-            touched.add(study_id)
-            log.warning("trial %s of study %s: %s", number, study_id, reason)
         session.commit()
         for study_id in touched:
             settle_study(session, storage=storage, study_id=study_id)
