@@ -8,6 +8,7 @@ Databases, API processes and tokens come from the test suite's fixtures
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -53,7 +54,6 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def machine() -> dict[str, Any]:
     """Where the figures were measured."""
-    import optuna
     import torch
 
     info: dict[str, Any] = {
@@ -61,7 +61,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "optuna": optuna.__version__,
+        "optuna": _version("optuna"),  # None on a GPU node that runs only the engine
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     with suppress(OSError, StopIteration):
@@ -71,6 +71,13 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name")
         )
     return info
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def write_results(name: str, results: dict[str, Any], args: argparse.Namespace) -> Path:
