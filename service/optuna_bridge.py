@@ -18,6 +18,7 @@ that ask for trials should keep one Study object per study and process
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import threading
@@ -41,9 +42,12 @@ from optuna.storages._rdb import models as rdb
 from optuna.storages._rdb.storage import _create_scoped_session as _rdb_session
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from service.errors import Conflict, InvalidSpec, NotFound
+from service.sampling import ObservationCachingTPE, SnapshotStorage, sample_params
 from tunefleet import spec as specs
 from tunefleet.spec import StudySpec
 
@@ -108,17 +112,22 @@ def check_server_support(spec: StudySpec) -> None:
             raise InvalidSpec(f"Optuna refuses this {part}: {error}", path=[part]) from None
 
 
-def build_sampler(spec: StudySpec, *, study_key: int = 0) -> optuna.samplers.BaseSampler:
+def build_sampler(
+    spec: StudySpec, *, study_key: int = 0, for_leases: bool = False
+) -> optuna.samplers.BaseSampler:
     """The sampler the spec names, with its options.
 
     `study_key` (TuneFleet's study id) seeds a scrambled QMC sequence that has
-    no seed: every process must draw from the same sequence.
+    no seed: every process must draw from the same sequence. `for_leases`
+    gives TPE the variant that keeps its observations between asks
+    (service/sampling.py); it samples what Optuna's own TPESampler samples.
     """
     s = spec.sampler
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if isinstance(s, specs.TPESampler):
-            return optuna.samplers.TPESampler(
+            tpe = ObservationCachingTPE if for_leases else optuna.samplers.TPESampler
+            return tpe(
                 seed=s.seed,
                 n_startup_trials=s.n_startup_trials,
                 n_ei_candidates=s.n_ei_candidates,
@@ -247,13 +256,24 @@ def delete_optuna_study(storage: BaseStorage, *, optuna_study_id: int) -> None:
 
 
 def load_optuna_study(
-    storage: BaseStorage, *, name: str, spec: StudySpec, study_key: int = 0
+    storage: BaseStorage,
+    *,
+    name: str,
+    spec: StudySpec,
+    study_key: int = 0,
+    for_leases: bool = False,
 ) -> optuna.Study:
-    """The Optuna study with the spec's sampler and pruner, ready for ask and tell."""
+    """The Optuna study with the spec's sampler and pruner, ready for ask and tell.
+
+    `for_leases`: the study the lease path samples on, over a `SnapshotStorage`
+    (on RDBStorage) and with the lease path's sampler (service/sampling.py).
+    """
+    if for_leases and isinstance(storage, RDBStorage):
+        storage = SnapshotStorage(storage)
     return optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=build_sampler(spec, study_key=study_key),
+        sampler=build_sampler(spec, study_key=study_key, for_leases=for_leases),
         pruner=build_pruner(spec),
     )
 
@@ -525,6 +545,11 @@ class LoadedStudy:
     def storage(self) -> BaseStorage:
         return self.study._storage
 
+    def trials(self) -> list[FrozenTrial]:
+        """The study's trials, sorted by number: on RDBStorage one read of those that
+        changed since the last (Optuna's cached storage). Not copies: read only."""
+        return self.storage.get_all_trials(self.study._study_id, deepcopy=False)
+
     def counts(self) -> dict[str, int]:
         """How many trials are in each state (RUNNING, WAITING, COMPLETE, PRUNED, FAIL).
 
@@ -549,58 +574,84 @@ def loaded_study(
     if entry is not None:
         return entry
     study_spec = StudySpec.model_validate(spec)
-    study = load_optuna_study(storage, name=optuna_study_name, spec=study_spec, study_key=study_key)
+    study = load_optuna_study(
+        storage, name=optuna_study_name, spec=study_spec, study_key=study_key, for_leases=True
+    )
     with _loaded_studies_lock:
         return _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
 
 
-def ask_leased_trial(entry: LoadedStudy, *, waiting: bool = True) -> FrozenTrial:
+def ask_leased_trial(entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTrial:
     """Start a trial: a WAITING one (enqueued or re-queued) first, else a sampled one.
 
-    Who runs it is on its lease; the worker id and device go into the trial's
-    user attributes when it finishes (one commit then, none extra now). With
-    ``waiting`` False (the caller has just counted no WAITING trial under the
-    study's locks), a new trial's parameters go in one transaction, not one each.
+    `trials` is the study as `entry.trials()` read it just before, under the
+    study's locks. Who runs the trial is on its lease; the worker id and device
+    go into the trial's user attributes when it finishes.
     """
     with entry.lock:
         backend = _backend(entry.storage)
-        if waiting or not isinstance(backend, RDBStorage):
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if waiting or not isinstance(entry.storage, SnapshotStorage):
             trial = entry.study.ask(fixed_distributions=entry.distributions)
             # The Trial holds what ask wrote (id, number, params): no need to read it back.
             return trial._cached_frozen_trial
-        return _ask_new_trial(entry, backend)
+        return _ask_new_trial(entry, entry.storage, backend, trials)
 
 
-def _ask_new_trial(entry: LoadedStudy, backend: RDBStorage) -> FrozenTrial:
-    """study.ask(fixed_distributions) for a new trial: each parameter sampled the way
-    Trial._suggest samples it, then all of them written in one transaction."""
+def _ask_new_trial(
+    entry: LoadedStudy, storage: SnapshotStorage, backend: RDBStorage, trials: list[FrozenTrial]
+) -> FrozenTrial:
+    """study.ask(fixed_distributions) for a new trial, sampled on `trials` (plus the new
+    trial, as ask sees it), with its parameters and the sampler's system attributes
+    written in one transaction."""
     study = entry.study
-    study._thread_local.cached_all_trials = None  # as ask does: sample on fresh trials
-    trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id))
-    frozen = trial._cached_frozen_trial
-    for name, distribution in entry.distributions.items():
-        if distribution.single():
-            value = optuna.distributions._get_single_value(distribution)
-        elif trial._is_relative_param(name, distribution):
-            value = trial.relative_params[name]
-        else:
-            value = study.sampler.sample_independent(
-                optuna.pruners._filter_study(study, frozen), frozen, name, distribution
-            )
-        distribution.to_internal_repr(value)  # raises for an invalid value, as _suggest does
-        frozen.distributions[name] = distribution
-        frozen.params[name] = value
+    frozen = backend._create_new_trial(study._study_id)  # the new trial, not read back
+    study._thread_local.cached_all_trials = None
+    with storage.sampling(study._study_id, [*trials, frozen], frozen._trial_id) as system_attrs:
+        sample_params(study, frozen, entry.distributions)
+    # The trial was created just now under the study's locks and is RUNNING with
+    # no parameters or attributes: plain inserts, in one transaction.
     with _rdb_session(backend.scoped_session, True) as session:
-        for name, distribution in frozen.distributions.items():
-            backend._set_trial_param_without_commit(
-                session,
-                frozen._trial_id,
-                name,
-                distribution.to_internal_repr(frozen.params[name]),
-                distribution,
-                distribution,  # the study's own: no query for an earlier trial's
+        session.add_all(
+            rdb.TrialParamModel(
+                trial_id=frozen._trial_id,
+                param_name=name,
+                param_value=distribution.to_internal_repr(frozen.params[name]),
+                distribution_json=optuna.distributions.distribution_to_json(distribution),
             )
+            for name, distribution in frozen.distributions.items()
+        )
+        session.add_all(
+            rdb.TrialSystemAttributeModel(
+                trial_id=frozen._trial_id, key=key, value_json=json.dumps(value)
+            )
+            for key, value in system_attrs.items()
+        )
+    frozen.system_attrs.update(system_attrs)
     return frozen
+
+
+def _upsert_trial_attrs(
+    session: Session, backend: RDBStorage, model: type, trial_id: int, attrs: dict[str, Any]
+) -> None:
+    """Set several attributes of a trial in one statement (insert or update each key)."""
+    if not attrs:
+        return
+    dialect = backend.engine.name
+    if dialect not in ("postgresql", "sqlite"):
+        for key, value in attrs.items():
+            backend._set_trial_attr_without_commit(session, model, trial_id, key, value)
+        return
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(model).values(
+        [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key],
+            set_={"value_json": statement.excluded.value_json},
+        )
+    )
 
 
 def _backend(storage: BaseStorage) -> BaseStorage:
@@ -632,12 +683,15 @@ def _finish_trial(
     with _rdb_session(backend.scoped_session) as session:
         trial = rdb.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         backend.check_trial_is_updatable(trial_id, trial.state)
-        for key, value in user_attrs.items():
-            backend._set_trial_attr_without_commit(
-                session, rdb.TrialUserAttributeModel, trial_id, key, value
-            )
+        _upsert_trial_attrs(session, backend, rdb.TrialUserAttributeModel, trial_id, user_attrs)
+        # A running trial has no values yet (they are written with its final state).
         for objective, value in enumerate(values or ()):
-            backend._set_trial_value_without_commit(session, trial, objective, value)
+            stored, kind = rdb.TrialValueModel.value_to_stored_repr(value)
+            session.add(
+                rdb.TrialValueModel(
+                    trial_id=trial_id, objective=objective, value=stored, value_type=kind
+                )
+            )
         trial.state = state
         trial.datetime_complete = datetime.now()
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -199,7 +200,9 @@ def _lease_from_study(
             session.commit()
             return None
         budget = study_budget(record)
-        counts = entry.counts()
+        # One read of the study serves the budget check and the sampler.
+        trials = entry.trials()
+        counts = Counter(t.state.name for t in trials)
         used = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
         started = used + counts["FAIL"]
         if used >= budget.max_trials or (
@@ -209,7 +212,7 @@ def _lease_from_study(
                 record.state = "completed"
             session.commit()
             return None
-        trial = ask_leased_trial(entry, waiting=counts["WAITING"] > 0)
+        trial = ask_leased_trial(entry, trials)
         now = utcnow()
         lease = Lease(
             trial_id=trial._trial_id,

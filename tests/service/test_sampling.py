@@ -1,0 +1,155 @@
+"""The lease path samples what Optuna's own `study.ask` samples (service/sampling.py).
+
+Two studies on one PostgreSQL database go through the same history: one with
+Optuna's TPESampler and `study.ask`/`study.tell`, one through the service's
+lease path (one read of the study per ask, the observation-caching TPE, the
+parameters and constant liar's attributes in one transaction). Same seed,
+same order of asks and tells (with trials running side by side, so constant
+liar has something to lie about), so every trial's parameters must be equal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import optuna
+import pytest
+
+from service import optuna_bridge as bridge
+from service.sampling import ObservationCachingTPE, SnapshotStorage
+from tunefleet.spec import StudySpec
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.01},
+    "head_depth": {"type": "int", "low": 1, "high": 4},
+    "activation": {"type": "categorical", "choices": ["relu", "gelu", "silu", "tanh"]},
+}
+
+
+def spec_of(objectives: int, **sampler: Any) -> StudySpec:
+    return StudySpec.model_validate(
+        {
+            "name": "same-draws",
+            "source_model": "builtin:digits-cnn",
+            "dataset": "builtin:digits-5to9",
+            "objectives": [{"metric": "accuracy"}, {"metric": "robustness"}][:objectives],
+            "search_space": SPACE,
+            "sampler": {"type": "tpe", "seed": 7, "n_startup_trials": 4, **sampler},
+        }
+    )
+
+
+def score(params: dict[str, Any], objectives: int) -> list[float]:
+    base = -((math.log10(params["lr"]) + 3) ** 2) - (params["head_depth"] - 2) ** 2
+    base -= {"relu": 0, "gelu": 0.1, "silu": 0.2, "tanh": 0.4}[params["activation"]]
+    return [base, params["dropout"] - params["weight_decay"]][:objectives]
+
+
+# Asks (a) and tells (t) of the oldest running trial: up to three trials run at once.
+SCHEDULE = "a" * 3 + "taat" * 4 + "ta" * 6 + "atta" * 3 + "ttt"
+
+
+def with_optuna(storage, spec: StudySpec) -> list[dict[str, Any]]:
+    bridge.create_optuna_study(storage, name="optuna", spec=spec, study_key=1)
+    study = optuna.load_study(
+        study_name="optuna", storage=storage, sampler=bridge.build_sampler(spec)
+    )
+    assert type(study.sampler) is optuna.samplers.TPESampler
+    space = bridge.distributions(spec)
+    running: list[optuna.Trial] = []
+    for step in SCHEDULE:
+        if step == "a":
+            running.append(study.ask(fixed_distributions=space))
+        else:
+            trial = running.pop(0)
+            study.tell(trial, score(trial.params, len(spec.objectives)))
+    return [t.params for t in study.get_trials(deepcopy=False)]
+
+
+def with_lease_path(storage, spec: StudySpec) -> tuple[list[dict[str, Any]], bridge.LoadedStudy]:
+    bridge.create_optuna_study(storage, name="service", spec=spec, study_key=2)
+    entry = bridge.loaded_study(
+        storage, optuna_study_name="service", spec=spec.model_dump(mode="json"), study_key=2
+    )
+    assert isinstance(entry.storage, SnapshotStorage)
+    assert isinstance(entry.study.sampler, ObservationCachingTPE)
+    running = []
+    for step in SCHEDULE:
+        if step == "a":
+            running.append(bridge.ask_leased_trial(entry, entry.trials()))
+        else:
+            trial = running.pop(0)
+            bridge.complete_leased_trial(
+                entry,
+                trial_id=trial._trial_id,
+                values=score(trial.params, len(spec.objectives)),
+                attrs={},
+                artifact=None,
+                worker={},
+            )
+    return [t.params for t in entry.study.get_trials(deepcopy=False)], entry
+
+
+@pytest.mark.parametrize(
+    ("objectives", "sampler"),
+    [
+        (1, {}),  # multivariate TPE with constant liar, the default
+        (1, {"constant_liar": False}),
+        (1, {"multivariate": False}),
+        (1, {"multivariate": True, "group": True}),
+        (2, {}),  # several objectives: independent TPE
+    ],
+    ids=["default", "no-liar", "independent", "group", "two-objectives"],
+)
+def test_lease_path_draws_what_study_ask_draws(
+    migrated_pg_url: str, objectives: int, sampler: dict
+) -> None:
+    spec = spec_of(objectives, **sampler)
+    storage = optuna.storages.RDBStorage(migrated_pg_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        expected = with_optuna(storage, spec)
+        got, entry = with_lease_path(storage, spec)
+    assert len(expected) == SCHEDULE.count("a")
+    assert got == expected
+    assert len({tuple(sorted(p.items())) for p in got}) == len(got)  # it did search
+    # Every trial finished, with its parameters in the database as the lease returned them.
+    fresh = optuna.load_study(study_name="service", storage=migrated_pg_url)
+    assert [t.params for t in fresh.trials] == expected
+    assert all(t.state.name == "COMPLETE" for t in fresh.trials)
+    storage.engine.dispose()
+    entry.storage._backend.engine.dispose()
+
+
+def test_constant_liar_params_are_written_with_the_trial(migrated_pg_url: str) -> None:
+    """Constant liar shares a running trial's relative sample through its system
+    attributes; the lease path writes them in the parameters' transaction."""
+    spec = spec_of(1)
+    storage = optuna.storages.RDBStorage(migrated_pg_url)
+    bridge.create_optuna_study(storage, name="liar", spec=spec, study_key=3)
+    entry = bridge.loaded_study(
+        storage, optuna_study_name="liar", spec=spec.model_dump(mode="json"), study_key=3
+    )
+    trials = [bridge.ask_leased_trial(entry, entry.trials()) for _ in range(6)]
+    for trial in trials[:5]:
+        bridge.complete_leased_trial(
+            entry,
+            trial_id=trial._trial_id,
+            values=score(trial.params, 1),
+            attrs={},
+            artifact=None,
+            worker={},
+        )
+    sampled = bridge.ask_leased_trial(entry, entry.trials())  # past n_startup_trials: relative
+    stored = storage.get_trial(sampled._trial_id)
+    assert stored.state.name == "RUNNING"
+    assert stored.params == sampled.params
+    liar = {k: v for k, v in stored.system_attrs.items() if k.startswith("tpe:relative_params")}
+    assert liar and liar == {
+        k: v for k, v in sampled.system_attrs.items() if k.startswith("tpe:relative_params")
+    }
+    storage.engine.dispose()
