@@ -1,11 +1,12 @@
 """GPU trial throughput: a torchvision ResNet-18 head fine-tune on synthetic data.
 
-Four variants of the same trial (frozen ResNet-18 backbone, new linear head,
+Six variants of the same trial (frozen ResNet-18 backbone, new linear head,
 `--epochs` passes over `--images` training images and a validation pass per
 epoch), each run `--trials` times in a row as a worker would:
 
 - fp32 / mixed precision (bf16 autocast where the GPU has it, else fp16 with a
   GradScaler: the engine's rule, workers.transfer.train.autocast_dtype);
+- NCHW / channels_last (NHWC) memory format for the backbone;
 - without / with the frozen-feature cache (backbone features of the train and
   validation images computed once, by the first trial; later trials train the
   head on them).
@@ -24,6 +25,7 @@ speed of a forward and backward pass does not depend on the weights' values.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from typing import Any
@@ -59,10 +61,12 @@ class SyntheticData:
 
 
 class Backbone(nn.Module):
-    """ResNet-18 without its classifier, with the ImageNet normalisation in front."""
+    """ResNet-18 without its classifier, with the ImageNet normalisation in front;
+    with `channels_last`, weights and activations in NHWC (what tensor cores prefer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = channels_last
         import torchvision
 
         model = torchvision.models.resnet18(weights=None)
@@ -73,6 +77,8 @@ class Backbone(nn.Module):
 
     def forward(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = (x_uint8.float().div_(255) - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
 
 
@@ -169,18 +175,24 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
 
     data = SyntheticData(images, size, device)
-    backbone = Backbone().to(device)
-    amp_dtype = autocast_dtype(device)
-    variants = {
-        "fp32": (None, False),
-        "amp": (amp_dtype, False),
-        "fp32+cache": (None, True),
-        "amp+cache": (amp_dtype, True),
+    backbones = {
+        False: Backbone().to(device),
+        True: Backbone(channels_last=True).to(device, memory_format=torch.channels_last),
     }
-    # One untimed pass per precision: cuDNN's algorithm search, lazy CUDA initialisation.
-    for dtype in {None, amp_dtype}:
+    amp_dtype = autocast_dtype(device)
+    # name: (autocast dtype, feature cache, channels_last)
+    variants = {
+        "fp32": (None, False, False),
+        "amp": (amp_dtype, False, False),
+        "fp32+channels_last": (None, False, True),
+        "amp+channels_last": (amp_dtype, False, True),
+        "fp32+cache": (None, True, False),
+        "amp+cache": (amp_dtype, True, False),
+    }
+    # One untimed pass per precision and layout: cuDNN's algorithm search, lazy CUDA init.
+    for dtype, channels_last in itertools.product({None, amp_dtype}, (False, True)):
         run_trial(
-            backbone,
+            backbones[channels_last],
             SyntheticData(batch_size * 2, size, device, seed=1),
             epochs=1,
             batch_size=batch_size,
@@ -191,7 +203,7 @@ def main() -> None:
         )
 
     out: dict[str, dict[str, Any]] = {}
-    for name, (dtype, cached) in variants.items():
+    for name, (dtype, cached, channels_last) in variants.items():
         resident = 0
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -200,7 +212,7 @@ def main() -> None:
         cache: dict | None = {} if cached else None
         runs = [
             run_trial(
-                backbone,
+                backbones[channels_last],
                 data,
                 epochs=epochs,
                 batch_size=batch_size,
@@ -217,6 +229,7 @@ def main() -> None:
         out[name] = {
             "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
             "feature_cache": cached,
+            "channels_last": channels_last,
             "trial_s": seconds,
             "cache_fill_s": runs[0]["cache_fill_s"],
             "first_trial_images_per_s": trained / seconds[0],
@@ -250,6 +263,12 @@ def main() -> None:
         "speedup_amp": ratio(out["amp"]["images_per_s"], out["fp32"]["images_per_s"]),
         "speedup_cache_fp32": ratio(out["fp32+cache"]["images_per_s"], out["fp32"]["images_per_s"]),
         "speedup_cache_amp": ratio(out["amp+cache"]["images_per_s"], out["amp"]["images_per_s"]),
+        "speedup_channels_last_fp32": ratio(
+            out["fp32+channels_last"]["images_per_s"], out["fp32"]["images_per_s"]
+        ),
+        "speedup_channels_last_amp": ratio(
+            out["amp+channels_last"]["images_per_s"], out["amp"]["images_per_s"]
+        ),
     }
     write_results("gpu", results, args)
     print(

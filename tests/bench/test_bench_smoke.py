@@ -91,6 +91,13 @@ def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> Non
 def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:
     body = run_benchmark(["bash", "bench/gpu.sh"], tmp_path)
     assert body["config"]["size"] == 32
-    assert set(body["variants"]) == {"fp32", "amp", "fp32+cache", "amp+cache"}
+    assert set(body["variants"]) == {
+        "fp32",
+        "amp",
+        "fp32+channels_last",
+        "amp+channels_last",
+        "fp32+cache",
+        "amp+cache",
+    }
     for variant in body["variants"].values():
         assert positive(variant["images_per_s"]) and positive(variant["trials_per_min"])
