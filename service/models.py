@@ -26,9 +26,35 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(sa.TypeDecorator):
+    """A timestamp with time zone that always reads back aware, in UTC.
+
+    PostgreSQL keeps the zone; SQLite (the demo's database) has no such type
+    and returns naive values, which Python refuses to compare with aware ones.
+    Values are stored in UTC on both, so SQLite's text compares in order too.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give it a time zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: sa.DateTime(timezone=True)}
+    type_annotation_map = {datetime: UTCDateTime()}
 
 
 STUDY_STATES = ("running", "paused", "stopped", "completed")

@@ -309,96 +309,150 @@ def reap_stale_leases(
     Also fails the trials that ran past their study's trial_timeout_s (not
     re-queued), and RUNNING trials that never got a lease row (the API lost the
     database between Optuna's ask and the lease's commit).
+
+    Each trial is reaped in a short transaction of its own, and Optuna's write
+    (through Optuna's engine) comes before ours in it: no transaction of ours
+    holds a write lock while Optuna writes, which SQLite, with its single
+    writer, would otherwise make wait out its busy timeout.
     """
     now = utcnow()
     reaped: list[int] = []
     touched: set[int] = set()
-
-    def expire(lease: Lease, record: StudyRecord, reason: str, *, requeue: bool) -> None:
-        lease.outcome = fail_and_requeue(
-            storage=storage, record=record, lease=lease, reason=reason, requeue=requeue
-        )
-        lease.state = "expired"
-        lease.finished_at = now
-        reaped.append(lease.trial_id)
-        touched.add(lease.study_id)
-        log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
-
-    with session_scope(engine) as session:
+    with session_scope(engine) as scan:
+        # One reaper at a time across API processes: the lock lasts as long as
+        # this (read-only) transaction, that is, the whole pass.
         if (
             engine.dialect.name == "postgresql"
-            and not session.execute(
+            and not scan.execute(
                 sa.select(sa.func.pg_try_advisory_xact_lock(_REAPER_LOCK_KEY))
             ).scalar_one()
         ):
             return []  # another API process is reaping right now
-        stale = session.scalars(
-            sa.select(Lease)
+        stale = scan.scalars(
+            sa.select(Lease.trial_id)
             .where(Lease.state == "active", Lease.expires_at < now)
             .order_by(Lease.expires_at)
             .limit(200)
-            .with_for_update(skip_locked=True)
         ).all()
-        for lease in stale:
-            record = session.get_one(StudyRecord, lease.study_id)
+        for trial_id in stale:
+            if _reap_lease(engine, storage, settings, trial_id=trial_id, now=now, overdue=False):
+                reaped.append(trial_id)
+        for trial_id in _overdue_lease_ids(scan, now=now):
+            if _reap_lease(engine, storage, settings, trial_id=trial_id, now=now, overdue=True):
+                reaped.append(trial_id)
+        cutoff = now - timedelta(seconds=2 * settings.grace_period_s)
+        for study_id, trial_id, number in orphaned_running_trials(scan, started_before=cutoff):
+            if _reap_orphan(engine, storage, study_id=study_id, trial_id=trial_id, number=number):
+                reaped.append(trial_id)
+        if reaped:
+            touched = set(
+                scan.scalars(sa.select(Lease.study_id).where(Lease.trial_id.in_(reaped))).all()
+            )
+    for study_id in touched:
+        with session_scope(engine) as session:
+            settle_study(session, storage=storage, study_id=study_id)
+    return reaped
+
+
+def _reap_lease(
+    engine: Engine,
+    storage: optuna.storages.BaseStorage,
+    settings: Settings,
+    *,
+    trial_id: int,
+    now: datetime,
+    overdue: bool,
+) -> bool:
+    """Expire one active lease, if it is still due (a heartbeat may have come in)."""
+    with session_scope(engine) as session:
+        lease = session.scalars(
+            sa.select(Lease)
+            .where(Lease.trial_id == trial_id, Lease.state == "active")
+            .with_for_update(skip_locked=True)
+        ).first()
+        if lease is None:
+            return False
+        record = session.get_one(StudyRecord, lease.study_id)
+        if overdue:
+            timeout_s = study_budget(record).trial_timeout_s
+            if (now - lease.leased_at).total_seconds() <= timeout_s:
+                return False
+            reason = f"timed out: the trial ran longer than its {timeout_s}s (trial_timeout_s)"
+            # Not re-queued: the same parameters would run as long again.
+            _expire(storage, lease, record, reason, now=now, requeue=False)
+        else:
+            if lease.expires_at >= now:
+                return False
             silent_s = (now - lease.heartbeat_at).total_seconds()
             reason = (
                 f"lease expired: no heartbeat from worker {lease.worker_id} for {silent_s:.1f}s "
                 f"(grace period {settings.grace_period_s:g}s)"
             )
-            expire(lease, record, reason, requeue=True)
-        session.flush()
-        for lease, record in _overdue_leases(session, now=now):
-            timeout_s = study_budget(record).trial_timeout_s
-            reason = f"timed out: the trial ran longer than its {timeout_s}s (trial_timeout_s)"
-            # Not re-queued: the same parameters would run as long again.
-            expire(lease, record, reason, requeue=False)
-        session.flush()
-        cutoff = now - timedelta(seconds=2 * settings.grace_period_s)
-        for study_id, trial_id, number in orphaned_running_trials(session, started_before=cutoff):
-            record = session.get_one(StudyRecord, study_id)
-            reason = "lease lost: the trial started but its lease was never recorded"
-            lease = Lease(
-                trial_id=trial_id,
-                study_id=study_id,
-                number=number,
-                worker_id="(none)",
-                device="(none)",
-                leased_at=now,
-                heartbeat_at=now,
-                expires_at=now,
-            )
-            expire(lease, record, reason, requeue=True)
-            session.add(lease)
-        session.commit()
-        for study_id in touched:
-            settle_study(session, storage=storage, study_id=study_id)
-    return reaped
+            _expire(storage, lease, record, reason, now=now, requeue=True)
+    return True
 
 
-def _overdue_leases(session: Session, *, now: datetime) -> list[tuple[Lease, StudyRecord]]:
-    """Active leases older than their study's trial_timeout_s, locked (those free)."""
+def _reap_orphan(
+    engine: Engine,
+    storage: optuna.storages.BaseStorage,
+    *,
+    study_id: int,
+    trial_id: int,
+    number: int,
+) -> bool:
+    """Fail a RUNNING trial that has no lease row, and record a lease for it."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        if session.get(Lease, trial_id) is not None:
+            return False  # its lease came in after all
+        record = session.get_one(StudyRecord, study_id)
+        lease = Lease(
+            trial_id=trial_id,
+            study_id=study_id,
+            number=number,
+            worker_id="(none)",
+            device="(none)",
+            leased_at=now,
+            heartbeat_at=now,
+            expires_at=now,
+        )
+        reason = "lease lost: the trial started but its lease was never recorded"
+        _expire(storage, lease, record, reason, now=now, requeue=True)
+        session.add(lease)
+    return True
+
+
+def _expire(
+    storage: optuna.storages.BaseStorage,
+    lease: Lease,
+    record: StudyRecord,
+    reason: str,
+    *,
+    now: datetime,
+    requeue: bool,
+) -> None:
+    """Fail the lease's trial (Optuna's write), then mark the lease expired (ours)."""
+    lease.outcome = fail_and_requeue(
+        storage=storage, record=record, lease=lease, reason=reason, requeue=requeue
+    )
+    lease.state = "expired"
+    lease.finished_at = now
+    log.warning("trial %s of study %s: %s", lease.number, record.id, reason)
+
+
+def _overdue_lease_ids(session: Session, *, now: datetime) -> list[int]:
+    """Trial ids of active leases older than their study's trial_timeout_s."""
     rows = session.execute(
         sa.select(Lease.trial_id, Lease.leased_at, StudyRecord.spec)
         .join(StudyRecord, StudyRecord.id == Lease.study_id)
         .where(Lease.state == "active")
     ).all()
-    overdue = [
+    return [
         trial_id
         for trial_id, leased_at, spec in rows
         if (now - leased_at).total_seconds()
         > int(((spec or {}).get("budget") or {}).get("trial_timeout_s", 900))
     ]
-    if not overdue:
-        return []
-    return list(
-        session.execute(
-            sa.select(Lease, StudyRecord)
-            .join(StudyRecord, StudyRecord.id == Lease.study_id)
-            .where(Lease.trial_id.in_(overdue), Lease.state == "active")
-            .with_for_update(of=Lease, skip_locked=True)
-        ).tuples()
-    )
 
 
 class Reaper:
