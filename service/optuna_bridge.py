@@ -24,6 +24,7 @@ import math
 import threading
 import warnings
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -560,7 +561,12 @@ class LoadedStudy:
         return {name.upper(): n for name, n in counts.items()}
 
 
-_loaded_studies: dict[tuple[int, int, str], LoadedStudy] = {}
+# The studies this process has leased from, most recently used last. Each holds
+# Optuna's cache of its trials, so the oldest go beyond MAX_LOADED_STUDIES
+# (loading one again costs one read of its trials; a sampler with a fixed seed
+# then starts its sequence again).
+MAX_LOADED_STUDIES = 256
+_loaded_studies: OrderedDict[tuple[int, int, str], LoadedStudy] = OrderedDict()
 _loaded_studies_lock = threading.Lock()
 
 
@@ -571,14 +577,26 @@ def loaded_study(
     key = (id(storage), study_key, optuna_study_name)
     with _loaded_studies_lock:
         entry = _loaded_studies.get(key)
-    if entry is not None:
-        return entry
+        if entry is not None:
+            _loaded_studies.move_to_end(key)
+            return entry
     study_spec = StudySpec.model_validate(spec)
     study = load_optuna_study(
         storage, name=optuna_study_name, spec=study_spec, study_key=study_key, for_leases=True
     )
     with _loaded_studies_lock:
-        return _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
+        entry = _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
+        _loaded_studies.move_to_end(key)
+        while len(_loaded_studies) > MAX_LOADED_STUDIES:
+            _loaded_studies.popitem(last=False)
+        return entry
+
+
+def forget_loaded_study(study_key: int) -> None:
+    """Drop this process's Study objects of a TuneFleet study (deleted, say)."""
+    with _loaded_studies_lock:
+        for key in [k for k in _loaded_studies if k[1] == study_key]:
+            del _loaded_studies[key]
 
 
 def ask_leased_trial(entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTrial:

@@ -174,6 +174,7 @@ def delete_study(
     optuna_id = record.optuna_study_id
     session.delete(record)
     session.commit()
+    bridge.forget_loaded_study(study_id)
     if optuna_id is not None:
         try:
             bridge.delete_optuna_study(storage, optuna_study_id=optuna_id)

@@ -153,3 +153,28 @@ def test_constant_liar_params_are_written_with_the_trial(migrated_pg_url: str) -
         k: v for k, v in sampled.system_attrs.items() if k.startswith("tpe:relative_params")
     }
     storage.engine.dispose()
+
+
+def test_loaded_studies_are_bounded_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each loaded study keeps Optuna's cache of its trials: a long-running API process
+    keeps only the most recently used ones, and drops a deleted study's at once."""
+    monkeypatch.setattr(bridge, "MAX_LOADED_STUDIES", 2)
+    monkeypatch.setattr(bridge, "_loaded_studies", type(bridge._loaded_studies)())
+    storage = optuna.storages.InMemoryStorage()
+    spec = spec_of(1)
+    for key in (1, 2, 3):
+        bridge.create_optuna_study(storage, name=f"s{key}", spec=spec, study_key=key)
+
+    def load(key: int) -> bridge.LoadedStudy:
+        return bridge.loaded_study(
+            storage, optuna_study_name=f"s{key}", spec=spec.model_dump(mode="json"), study_key=key
+        )
+
+    first, second = load(1), load(2)
+    assert load(1) is first  # used again: now the most recent
+    third = load(3)  # one too many: study 2, the least recently used, goes
+    assert load(1) is first and load(3) is third
+    assert load(2) is not second  # loaded afresh (and study 1 went in turn)
+    assert len(bridge._loaded_studies) == 2
+    bridge.forget_loaded_study(3)
+    assert load(3) is not third
