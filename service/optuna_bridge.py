@@ -625,7 +625,7 @@ def _ask_new_trial(
     study = entry.study
     frozen = backend._create_new_trial(study._study_id)  # the new trial, not read back
     study._thread_local.cached_all_trials = None
-    with storage.sampling(study._study_id, [*trials, frozen], frozen._trial_id) as system_attrs:
+    with storage.sampling(study._study_id, [*trials, frozen], frozen) as system_attrs:
         sample_params(study, frozen, entry.distributions)
     # The trial was created just now under the study's locks and is RUNNING with
     # no parameters or attributes: plain inserts, in one transaction.
@@ -645,7 +645,6 @@ def _ask_new_trial(
             )
             for key, value in system_attrs.items()
         )
-    frozen.system_attrs.update(system_attrs)
     return frozen
 
 

@@ -38,13 +38,14 @@ __all__ = ["ObservationCachingTPE", "SnapshotStorage", "sample_params"]
 
 
 class _Sampling:
-    """What one thread is sampling: the study, its trials, the new trial's id."""
+    """What one thread is sampling: the study, its trials, the new trial."""
 
-    def __init__(self, study_id: int, trials: list[FrozenTrial], trial_id: int) -> None:
+    def __init__(self, study_id: int, trials: list[FrozenTrial], trial: FrozenTrial) -> None:
         self.study_id = study_id
         self.trials = trials
-        self.trial_id = trial_id
-        self.system_attrs: dict[str, Any] = {}
+        self.trial_id = trial._trial_id
+        self.system_attrs = trial.system_attrs
+        self.written: dict[str, Any] = {}
 
 
 class SnapshotStorage(optuna.storages._CachedStorage):
@@ -60,14 +61,19 @@ class SnapshotStorage(optuna.storages._CachedStorage):
 
     @contextmanager
     def sampling(
-        self, study_id: int, trials: list[FrozenTrial], trial_id: int
+        self, study_id: int, trials: list[FrozenTrial], trial: FrozenTrial
     ) -> Iterator[dict[str, Any]]:
         """Within: this thread's reads of the study's trials return `trials`, and the
-        system attributes set on `trial_id` land in the dict yielded, not the database."""
-        state = _Sampling(study_id, trials, trial_id)
+        system attributes samplers set on `trial` (a new one, in `trials`) go into its
+        `system_attrs`, where samplers read them back (the grid sampler's grid point),
+        and not to the database: the dict yielded holds those set, for the caller to
+        write with the trial's parameters."""
+        state = _Sampling(study_id, trials, trial)
+        written: dict[str, Any] = {}
+        state.written = written
         self._sampling.current = state
         try:
-            yield state.system_attrs
+            yield written
         finally:
             self._sampling.current = None
 
@@ -89,6 +95,7 @@ class SnapshotStorage(optuna.storages._CachedStorage):
         current = getattr(self._sampling, "current", None)
         if current is not None and current.trial_id == trial_id:
             current.system_attrs[key] = value
+            current.written[key] = value
             return
         super().set_trial_system_attr(trial_id, key, value)
 
