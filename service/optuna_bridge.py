@@ -607,22 +607,20 @@ def ask_leased_trial(entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTri
     go into the trial's user attributes when it finishes.
     """
     with entry.lock:
-        backend = _backend(entry.storage)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if waiting or not isinstance(entry.storage, SnapshotStorage):
             trial = entry.study.ask(fixed_distributions=entry.distributions)
             # The Trial holds what ask wrote (id, number, params): no need to read it back.
             return trial._cached_frozen_trial
-        return _ask_new_trial(entry, entry.storage, backend, trials)
+        return _ask_new_trial(entry, trials)
 
 
-def _ask_new_trial(
-    entry: LoadedStudy, storage: SnapshotStorage, backend: RDBStorage, trials: list[FrozenTrial]
-) -> FrozenTrial:
+def _ask_new_trial(entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTrial:
     """study.ask(fixed_distributions) for a new trial, sampled on `trials` (plus the new
     trial, as ask sees it), with its parameters and the sampler's system attributes
     written in one transaction."""
-    study = entry.study
+    study, storage = entry.study, entry.storage
+    backend = storage._backend
     frozen = backend._create_new_trial(study._study_id)  # the new trial, not read back
     study._thread_local.cached_all_trials = None
     with storage.sampling(study._study_id, [*trials, frozen], frozen) as system_attrs:

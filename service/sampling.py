@@ -69,11 +69,9 @@ class SnapshotStorage(optuna.storages._CachedStorage):
         and not to the database: the dict yielded holds those set, for the caller to
         write with the trial's parameters."""
         state = _Sampling(study_id, trials, trial)
-        written: dict[str, Any] = {}
-        state.written = written
         self._sampling.current = state
         try:
-            yield written
+            yield state.written
         finally:
             self._sampling.current = None
 
@@ -141,15 +139,15 @@ class ObservationCachingTPE(optuna.samplers.TPESampler):
 
 def sample_params(
     study: optuna.Study, trial: FrozenTrial, distributions: dict[str, BaseDistribution]
-) -> dict[str, Any]:
-    """Values for `distributions` as `trial.suggest_*` would draw them in a new trial:
-    the sampler's relative sample where it covers a parameter, else an independent one."""
+) -> None:
+    """Fill a new trial's params with values for `distributions`, as `trial.suggest_*`
+    would draw them: the sampler's relative sample where it covers a parameter, else
+    an independent one."""
     sampler = study.sampler
     view = optuna.pruners._filter_study(study, trial)
     sampler.before_trial(view, trial)
     relative_space = sampler.infer_relative_search_space(view, trial)
     relative = sampler.sample_relative(view, trial, relative_space)
-    params: dict[str, Any] = {}
     for name, distribution in distributions.items():
         if distribution.single():
             value = optuna.distributions._get_single_value(distribution)
@@ -160,8 +158,6 @@ def sample_params(
         distribution.to_internal_repr(value)  # raises for a value outside the distribution
         trial.distributions[name] = distribution
         trial.params[name] = value
-        params[name] = value
-    return params
 
 
 def _covers(

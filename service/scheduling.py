@@ -316,8 +316,7 @@ def reap_stale_leases(
     writer, would otherwise make wait out its busy timeout.
     """
     now = utcnow()
-    reaped: list[int] = []
-    touched: set[int] = set()
+    reaped: dict[int, int] = {}  # trial id: its TuneFleet study's id
     with session_scope(engine) as scan:
         # One reaper at a time across API processes: the lock lasts as long as
         # this (read-only) transaction, that is, the whole pass.
@@ -335,23 +334,23 @@ def reap_stale_leases(
             .limit(200)
         ).all()
         for trial_id in stale:
-            if _reap_lease(engine, storage, settings, trial_id=trial_id, now=now, overdue=False):
-                reaped.append(trial_id)
+            study_id = _reap_lease(engine, storage, settings, trial_id=trial_id, now=now)
+            if study_id is not None:
+                reaped[trial_id] = study_id
         for trial_id in _overdue_lease_ids(scan, now=now):
-            if _reap_lease(engine, storage, settings, trial_id=trial_id, now=now, overdue=True):
-                reaped.append(trial_id)
+            study_id = _reap_lease(
+                engine, storage, settings, trial_id=trial_id, now=now, overdue=True
+            )
+            if study_id is not None:
+                reaped[trial_id] = study_id
         cutoff = now - timedelta(seconds=2 * settings.grace_period_s)
         for study_id, trial_id, number in orphaned_running_trials(scan, started_before=cutoff):
             if _reap_orphan(engine, storage, study_id=study_id, trial_id=trial_id, number=number):
-                reaped.append(trial_id)
-        if reaped:
-            touched = set(
-                scan.scalars(sa.select(Lease.study_id).where(Lease.trial_id.in_(reaped))).all()
-            )
-    for study_id in touched:
+                reaped[trial_id] = study_id
+    for study_id in set(reaped.values()):
         with session_scope(engine) as session:
             settle_study(session, storage=storage, study_id=study_id)
-    return reaped
+    return list(reaped)
 
 
 def _reap_lease(
@@ -361,9 +360,10 @@ def _reap_lease(
     *,
     trial_id: int,
     now: datetime,
-    overdue: bool,
-) -> bool:
-    """Expire one active lease, if it is still due (a heartbeat may have come in)."""
+    overdue: bool = False,
+) -> int | None:
+    """Expire one active lease, if it is still due (a heartbeat may have come in);
+    returns its study's id, or None when it was not."""
     with session_scope(engine) as session:
         lease = session.scalars(
             sa.select(Lease)
@@ -371,25 +371,25 @@ def _reap_lease(
             .with_for_update(skip_locked=True)
         ).first()
         if lease is None:
-            return False
+            return None
         record = session.get_one(StudyRecord, lease.study_id)
         if overdue:
             timeout_s = study_budget(record).trial_timeout_s
             if (now - lease.leased_at).total_seconds() <= timeout_s:
-                return False
+                return None
             reason = f"timed out: the trial ran longer than its {timeout_s}s (trial_timeout_s)"
             # Not re-queued: the same parameters would run as long again.
             _expire(storage, lease, record, reason, now=now, requeue=False)
         else:
             if lease.expires_at >= now:
-                return False
+                return None
             silent_s = (now - lease.heartbeat_at).total_seconds()
             reason = (
                 f"lease expired: no heartbeat from worker {lease.worker_id} for {silent_s:.1f}s "
                 f"(grace period {settings.grace_period_s:g}s)"
             )
             _expire(storage, lease, record, reason, now=now, requeue=True)
-    return True
+        return lease.study_id
 
 
 def _reap_orphan(

@@ -107,37 +107,6 @@ def with_lease_path(storage, spec: StudySpec) -> tuple[list[dict[str, Any]], bri
     return [t.params for t in entry.study.get_trials(deepcopy=False)], entry
 
 
-@pytest.mark.parametrize(
-    ("objectives", "sampler"),
-    [
-        (1, {}),  # multivariate TPE with constant liar, the default
-        (1, {"constant_liar": False}),
-        (1, {"multivariate": False}),
-        (1, {"multivariate": True, "group": True}),
-        (2, {}),  # several objectives: independent TPE
-    ],
-    ids=["default", "no-liar", "independent", "group", "two-objectives"],
-)
-def test_lease_path_draws_what_study_ask_draws(
-    migrated_pg_url: str, objectives: int, sampler: dict
-) -> None:
-    spec = spec_of(objectives, **sampler)
-    storage = optuna.storages.RDBStorage(migrated_pg_url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        expected = with_optuna(storage, spec)
-        got, entry = with_lease_path(storage, spec)
-    assert len(expected) == SCHEDULE.count("a")
-    assert got == expected
-    assert len({tuple(sorted(p.items())) for p in got}) == len(got)  # it did search
-    # Every trial finished, with its parameters in the database as the lease returned them.
-    fresh = optuna.load_study(study_name="service", storage=migrated_pg_url)
-    assert [t.params for t in fresh.trials] == expected
-    assert all(t.state.name == "COMPLETE" for t in fresh.trials)
-    storage.engine.dispose()
-    entry.storage._backend.engine.dispose()
-
-
 def comparable(system_attrs: dict[str, Any]) -> dict[str, Any]:
     """System attributes, with CMA-ES's pickled optimizer reduced to its presence: it
     differs between two runs of Optuna alone (an uninitialised buffer, its RNG's state)."""
@@ -150,6 +119,11 @@ def comparable(system_attrs: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("objectives", "sampler"),
     [
+        (1, {}),  # multivariate TPE with constant liar, the default
+        (1, {"constant_liar": False}),
+        (1, {"multivariate": False}),
+        (1, {"multivariate": True, "group": True}),
+        (2, {}),  # several objectives: independent TPE
         (1, {"type": "random"}),
         (2, {"type": "nsga2", "population_size": 4}),
         (1, {"type": "gp", "n_startup_trials": 4}),
@@ -157,27 +131,43 @@ def comparable(system_attrs: dict[str, Any]) -> dict[str, Any]:
         (1, {"type": "qmc", "scramble": True}),
         (1, {"type": "grid"}),
     ],
-    ids=lambda v: v["type"] if isinstance(v, dict) else str(v),
+    ids=[
+        "tpe",
+        "tpe-no-liar",
+        "tpe-independent",
+        "tpe-group",
+        "tpe-two-objectives",
+        "random",
+        "nsga2",
+        "gp",
+        "cmaes",
+        "qmc",
+        "grid",
+    ],
 )
-def test_every_sampler_draws_through_the_lease_path_what_study_ask_draws(
+def test_lease_path_draws_what_study_ask_draws(
     migrated_pg_url: str, objectives: int, sampler: dict
 ) -> None:
-    """The lease path serves every sampler the spec offers: the same reads and the
-    system attributes samplers set on a new trial (NSGA-II's generation, the grid
-    point), written with its parameters."""
-    space = GRID_SPACE if sampler["type"] == "grid" else None
-    spec = spec_of(objectives, space, **sampler)
+    """Every sampler the spec offers, with the same reads and the system attributes
+    samplers set on a new trial (constant liar's sample, NSGA-II's generation, the
+    grid point) written with its parameters."""
+    kind = sampler.get("type", "tpe")
+    spec = spec_of(objectives, GRID_SPACE if kind == "grid" else None, **sampler)
     storage = optuna.storages.RDBStorage(migrated_pg_url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = with_optuna(storage, spec)
         got, entry = with_lease_path(storage, spec)
+    assert len(expected) == SCHEDULE.count("a")
     assert got == expected
-    if sampler["type"] == "grid":  # the grid is far from covered: no point twice
+    if kind in ("tpe", "grid"):  # it did search; the grid is far from covered
         assert len({tuple(sorted(p.items())) for p in got}) == len(got)
+    # Every trial finished, with its parameters and system attributes in the
+    # database as the lease path wrote them.
     fresh = optuna.load_study(study_name="service", storage=migrated_pg_url)
     baseline = optuna.load_study(study_name="optuna", storage=migrated_pg_url)
     assert [t.params for t in fresh.trials] == expected
+    assert all(t.state.name == "COMPLETE" for t in fresh.trials)
     assert [comparable(t.system_attrs) for t in fresh.trials] == [
         comparable(t.system_attrs) for t in baseline.trials
     ]
