@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import optuna
 from fastapi import FastAPI
 
-from service.api import health, leases, studies, trials
+from service.api import health, leases, studies, tokens, trials
 from service.api.handlers import install_error_handlers
 from service.api.requests import install_request_checks
 from service.config import Settings, load_settings
@@ -67,4 +67,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(trials.router)
     app.include_router(leases.router)
+    app.include_router(tokens.router)
     return app

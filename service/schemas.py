@@ -128,6 +128,53 @@ class StudiesPublic(BaseModel):
     count: int = Field(description="Studies matching the filter, over every page.")
 
 
+TokenScopeName = Literal["admin", "user", "worker"]
+
+
+class TokenCreate(BaseModel):
+    """A new token for an owner, made by an admin."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"scope": "worker", "owner": "gpu-pool", "expires_in": "30d"}]
+        },
+    )
+
+    scope: TokenScopeName = Field(description="admin, user or worker.")
+    owner: str = Field(min_length=1, max_length=64, description="Who the token acts for.")
+    expires_in: str | None = Field(
+        None,
+        max_length=16,
+        description="Lifetime: a number and a unit (s, m, h, d, w), e.g. 30d; none never expires.",
+    )
+
+
+class TokenPublic(_Out):
+    """A token as listed: never its value, which is stored only as a keyed hash."""
+
+    id: int = Field(description="The token's id (what revoke takes).")
+    owner: str = Field(description="Who the token acts for.")
+    scope: TokenScopeName = Field(description="admin, user or worker.")
+    created_at: datetime = Field(description="When it was made.")
+    last_used_at: datetime | None = Field(description="Last use, to the minute.")
+    expires_at: datetime | None = Field(description="When it stops working; null: never.")
+    revoked_at: datetime | None = Field(description="When it was revoked; null: it is not.")
+
+
+class TokenCreated(TokenPublic):
+    """A token just made; its value is shown this once."""
+
+    token: str = Field(description="The bearer token itself; keep it secret.")
+
+
+class TokensPublic(BaseModel):
+    """Tokens and how many there are."""
+
+    data: list[TokenPublic] = Field(description="The tokens, oldest first.")
+    count: int = Field(description="How many tokens are listed.")
+
+
 class ErrorDetail(BaseModel):
     """What went wrong, where, and how to fix it."""
 
@@ -150,7 +197,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         401: "Missing, invalid or revoked token",
         403: "The token's scope does not allow this",
-        404: "No such study or trial (or not yours)",
+        404: "No such study, trial or token (or not yours)",
         409: "Conflicts with the current state",
         413: "Request body too large",
         422: "Invalid request; `path` says where",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -64,3 +65,54 @@ def test_serve_on_an_unreachable_database_is_one_line(tmp_path):
     assert result.returncode == 1
     assert "cannot reach the database at TUNEFLEET_DATABASE_URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_token_create_list_and_revoke_from_the_command_line(migrated_pg_url):
+    made = run_cli(
+        "token",
+        "create",
+        "--scope",
+        "worker",
+        "--owner",
+        "pool-a",
+        "--expires-in",
+        "2w",
+        database_url=migrated_pg_url,
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().splitlines()[-1]
+    assert "valid until" in made.stderr
+
+    listed = run_cli("token", "list", database_url=migrated_pg_url)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "pool-a" in line)
+    assert "worker" in row and "active" in row
+    assert token not in listed.stdout
+    token_id = re.match(r"\W*(\d+)\W", row)[1]  # the id is the row's first cell
+
+    revoked = run_cli("token", "revoke", token_id, database_url=migrated_pg_url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked token" in revoked.stderr
+    again = run_cli("token", "list", "--owner", "pool-a", database_url=migrated_pg_url)
+    assert "revoked" in again.stdout
+
+    missing = run_cli("token", "revoke", "99999", database_url=migrated_pg_url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: no token with id 99999"
+
+
+def test_token_create_with_a_bad_expiry_says_how_to_write_one(migrated_pg_url):
+    result = run_cli(
+        "token",
+        "create",
+        "--scope",
+        "user",
+        "--owner",
+        "x",
+        "--expires-in",
+        "soon",
+        database_url=migrated_pg_url,
+    )
+    assert result.returncode == 1
+    assert "e.g. 30d or 12h" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -19,7 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(study_app, name="study")
 app.command("trials")(trials_command)
@@ -172,25 +173,100 @@ def token_create(
         str | None,
         typer.Option(help="Register this token instead of generating one (for deployments)."),
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="Lifetime, e.g. 30d, 12h or 2w; by default it never expires."),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token; it is printed alone on the last line, and stored only as a hash."""
     from service import auth
-    from service.db import make_engine, session_scope
 
     if scope not in ("admin", "user", "worker"):
         fail(f"--scope must be admin, user or worker, not {scope!r}")
+    lifetime = auth.parse_duration(expires_in) if expires_in else None
+    with _token_session(database_url) as (session, settings):
+        issued = auth.issue_token(
+            session,
+            scope=scope,
+            owner=owner,
+            value=value,
+            secret=settings.token_secret,
+            expires_in=lifetime,
+        )
+        expiry = issued.row.expires_at
+    until = f", valid until {expiry:%Y-%m-%d %H:%M} UTC" if expiry else ""
+    article = "an" if scope == "admin" else "a"
+    err.print(
+        f"created {article} {scope} token for {owner}{until}; keep it secret, it is not shown again"
+    )
+    print(issued.value)
+
+
+@token_app.command("list")
+def token_list(
+    owner: Annotated[str | None, typer.Option(help="Only this owner's tokens.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Every token: id, owner, scope, created, last used, expiry; never the token itself."""
+    from rich.table import Table
+
+    from service import auth
+
+    table = Table("id", "owner", "scope", "created", "last used", "expires", "state")
+    with _token_session(database_url) as (session, _settings):
+        rows = [r for r in auth.list_tokens(session) if owner is None or r.owner == owner]
+        for row in rows:
+            table.add_row(
+                str(row.id),
+                row.owner,
+                row.scope,
+                _when(row.created_at),
+                _when(row.last_used_at),
+                _when(row.expires_at),
+                _token_state(row),
+            )
+    Console(soft_wrap=False).print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id, from `tunefleet token list`.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token at once: requests with it get 401, a worker using it stops."""
+    from service import auth
+
+    with _token_session(database_url) as (session, _settings):
+        row = auth.revoke_token(session, token_id)
+        err.print(f"revoked token {row.id} ({row.scope} token of {row.owner})")
+
+
+@contextmanager
+def _token_session(database_url: str | None):
+    from service.db import make_engine, session_scope
+
     settings = _service_settings(database_url=database_url)
-    engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+    engine = make_engine(settings.database_url, pool_size=2, max_overflow=0)
     try:
         with session_scope(engine) as session:
-            token = auth.create_token(
-                session, scope=scope, owner=owner, value=value, secret=settings.token_secret
-            )
+            yield session, settings
     finally:
         engine.dispose()
-    err.print(f"created a {scope} token for {owner}; keep it secret, it is not shown again")
-    print(token)
+
+
+def _when(moment) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
+
+
+def _token_state(row) -> str:
+    from datetime import UTC, datetime
+
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
 
 
 def main() -> None:

@@ -98,3 +98,45 @@ def test_autogenerate_sees_no_difference_and_never_optuna_tables(migrated_pg_url
     # Optuna's tables exist in this database but are invisible to our autogenerate,
     # and the models match the migrations exactly.
     assert diff == []
+
+
+def test_upgrade_keeps_the_tokens_of_an_older_database(pg_url):
+    """A database made by the release before token expiry keeps its tokens working."""
+    from alembic import command
+
+    from service.auth import authenticate, create_token, hash_token
+    from service.db import make_engine, session_scope
+    from service.migrate import _upgrade_optuna, alembic_config
+
+    _upgrade_optuna(pg_url)
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    with engine.connect() as conn:
+        cfg = alembic_config(pg_url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002_leases")
+        conn.commit()
+        # The tokens table as that release had it: no expiry column yet.
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("tf_api_tokens")}
+        assert "expires_at" not in columns
+        conn.execute(
+            sa.text(
+                "INSERT INTO tf_api_tokens (token_hash, scope, owner, created_at) "
+                "VALUES (:h, 'user', 'alice', now())"
+            ),
+            {"h": hash_token("s" * 32, "tf_made-before-the-upgrade")},
+        )
+        conn.commit()
+    engine.dispose()
+
+    assert migrate(pg_url) == head_revision()
+    assert _scalar(pg_url, "SELECT count(*) FROM tf_api_tokens WHERE owner = 'alice'") == 1
+    assert _scalar(pg_url, "SELECT count(*) FROM tf_api_tokens WHERE expires_at IS NULL") == 1
+    # A token made before the upgrade and one made after both authenticate.
+    engine = make_engine(pg_url, pool_size=2, max_overflow=0)
+    with session_scope(engine) as session:
+        token = create_token(session, scope="user", owner="bob", secret="s" * 32)
+    for value, owner in [("tf_made-before-the-upgrade", "alice"), (token, "bob")]:
+        with session_scope(engine) as session:
+            principal = authenticate(session, secret="s" * 32, authorization=f"Bearer {value}")
+            assert principal.owner == owner
+    engine.dispose()

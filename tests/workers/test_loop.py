@@ -48,7 +48,30 @@ def test_idle_worker_exits_after_idle_exit(fleet_env: FleetEnv):
 def test_a_worker_with_a_bad_token_exits_with_the_reason(fleet_env: FleetEnv):
     worker = fleet_env.start_worker(token="tf_not-a-real-token")
     assert fleet_env.wait_workers([worker], timeout_s=30) == [1]
-    assert "invalid or revoked token" in fleet_env.worker_log(worker)
+    assert "invalid token" in fleet_env.worker_log(worker)
+
+
+def test_a_worker_whose_token_is_revoked_stops_with_exit_1_saying_so(fleet_env: FleetEnv):
+    from service import auth
+    from service.config import load_settings
+    from service.db import session_scope
+    from service.models import ApiToken
+
+    with session_scope(fleet_env.engine) as session:
+        issued = auth.issue_token(
+            session, scope="worker", owner="fleet", secret=load_settings().token_secret
+        )
+        token, token_id = issued.value, issued.row.id
+    study_id = fleet_env.create_study("revoked", budget={"max_trials": 50, "epochs": 40})
+    worker = fleet_env.start_worker(token=token, name="revoked-worker", epoch_s=0.05)
+    wait_until(active_lease(fleet_env, study_id, "revoked-worker"), timeout_s=30, what="a lease")
+    with session_scope(fleet_env.engine) as session:
+        auth.revoke_token(session, token_id)
+        assert session.get(ApiToken, token_id).revoked_at is not None
+    assert fleet_env.wait_workers([worker], timeout_s=30) == [1]
+    log = fleet_env.worker_log(worker)
+    assert "the service refused this worker: 401: token revoked at" in log
+    assert "Traceback" not in log
 
 
 def test_a_trial_that_raises_is_failed_with_its_message_and_the_worker_goes_on(
