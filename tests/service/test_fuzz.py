@@ -82,7 +82,8 @@ def test_user_api_never_answers_5xx(live_api: LiveApi) -> None:
     failures, statuses = fuzz_operations(
         live_api,
         who="alice",
-        select=lambda path: not path.startswith(WORKER_PATHS),
+        # Revoking would end the fuzzing token itself; test_tokens.py covers that route.
+        select=lambda path: not path.startswith(WORKER_PATHS) and not path.endswith("/revoke"),
         path_parameters={"study_id": study["id"], "number": 0, "name": study["name"]},
     )
     assert not failures, "\n".join(failures[:20])
