@@ -249,6 +249,21 @@ class Robustness(SpecModel):
         description="Common corruptions: " + ", ".join(CORRUPTIONS) + ".",
     )
 
+    @model_validator(mode="after")
+    def _distinct_components(self) -> Robustness:
+        # Each component is scored under its name: two with one name would count twice.
+        problems = Problems()
+        for field, names in (
+            ("gaussian_sigma", [f"{s:g}" for s in self.gaussian_sigma]),
+            ("fgsm_eps", [f"{e:g}" for e in self.fgsm_eps]),
+            ("corruptions", list(self.corruptions)),
+        ):
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    problems.add((field, i), f"{name} appears twice", getattr(self, field)[i])
+        problems.raise_if_any("Robustness")
+        return self
+
     def is_empty(self) -> bool:
         return not (self.gaussian_sigma or self.fgsm_eps or self.pgd or self.corruptions)
 
