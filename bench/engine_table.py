@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.harness import engine_assignment
 from workers.transfer import builtin, run_trial
 from workers.transfer.features import FeatureCache
 
@@ -38,8 +39,6 @@ CONFIGS = {
     },
 }
 SPEC = {
-    "source_model": "builtin:digits-cnn",
-    "dataset": "builtin:digits-5to9",
     "objectives": [
         {"metric": "accuracy", "direction": "maximize"},
         {"metric": "robustness", "direction": "maximize"},
@@ -56,10 +55,9 @@ SPEC = {
 
 def trial(params: dict, *, epochs: int, cache: FeatureCache | None, dirs, device) -> dict:
     """One trial; its result and its wall, CPU and fine-tuning seconds."""
-    spec = {**SPEC, "budget": {"epochs": epochs}}
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_trial(
-        {"study_id": "bench", "number": 0, "params": params, "spec": spec},
+        engine_assignment(params, **SPEC, budget={"epochs": epochs}),
         lambda epoch, value: False,
         device=device,
         cache_dir=dirs[0],

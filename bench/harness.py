@@ -27,6 +27,30 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 API = "/api/v1"
 
 
+def engine_assignment(
+    params: dict[str, Any], *, number: int = 0, study_id: int = 0, **spec: Any
+) -> dict[str, Any]:
+    """A lease's JSON for the engine's run_trial, which validates it as a worker does:
+    `spec` fields over a digits study with one searched parameter and, unless given, no
+    robustness suite (the benchmarks time training, not attacks)."""
+    return {
+        "trial_id": number,
+        "study_id": study_id,
+        "number": number,
+        "params": params,
+        "spec": {
+            "name": "bench",
+            "source_model": "builtin:digits-cnn",
+            "dataset": "builtin:digits-5to9",
+            "objectives": [{"metric": "accuracy", "direction": "maximize"}],
+            "search_space": {"lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
+            "robustness": {"gaussian_sigma": [], "fgsm_eps": []},
+            **spec,
+        },
+        "lease_expires_at": "2100-01-01T00:00:00Z",
+    }
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The flags every benchmark takes: --tiny for CI, --out for the results folder."""
     p = argparse.ArgumentParser(description=description)

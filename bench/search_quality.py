@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 
-from bench.harness import apply_threads, parser, ratio, table, write_results
+from bench.harness import apply_threads, engine_assignment, parser, ratio, table, write_results
 from workers.transfer import TrialPruned, run_trial
 
 THRESHOLDS = (0.95, 0.99)
@@ -60,13 +60,6 @@ def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list
         sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    spec = {
-        "source_model": "builtin:digits-cnn",
-        "dataset": "builtin:digits-5to9",
-        "objectives": [{"metric": "accuracy", "direction": "maximize"}],
-        "budget": {"epochs": epochs},
-        "seed": 1000 * seed,  # training seed: this + trial number
-    }
     log: list[dict] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -78,13 +71,13 @@ def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list
             trial.report(val_accuracy, epoch)
             return trial.should_prune()
 
-        assignment = {
-            "trial_id": trial._trial_id,
-            "study_id": f"{arm}-{seed}",
-            "number": trial.number,
-            "params": suggest(trial),
-            "spec": spec,
-        }
+        assignment = engine_assignment(
+            suggest(trial),
+            number=trial.number,
+            search_space=SEARCH_SPACE,
+            budget={"epochs": epochs},
+            seed=1000 * seed,  # training seed: this + trial number
+        )
         started = time.perf_counter()
         try:
             result = run_trial(

@@ -26,7 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.harness import apply_threads, parser, ratio, summarize, table, write_results
+from bench.harness import (
+    apply_threads,
+    engine_assignment,
+    parser,
+    ratio,
+    summarize,
+    table,
+    write_results,
+)
 from workers.transfer import builtin, run_trial
 from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, Dataset, load_dataset
 from workers.transfer.features import FeatureCache
@@ -38,27 +46,16 @@ LR = 1e-3
 BATCH_SIZE = 64
 
 
-def spec(epochs: int) -> dict:
-    return {
-        "source_model": SOURCE,
-        "dataset": DATASET,
-        "objectives": [{"metric": "accuracy", "direction": "maximize"}],
-        "budget": {"epochs": epochs},
-        "seed": 0,
-    }
-
-
 def engine_trial(
     epochs: int, unfreeze: int, dirs: Path, feature_cache: FeatureCache | None
 ) -> tuple[float, float]:
     """Seconds of one run_trial and its test accuracy."""
-    assignment = {
-        "trial_id": 1,
-        "study_id": "bench",
-        "number": 0,
-        "params": {"unfreeze_blocks": unfreeze, "lr": LR, "batch_size": BATCH_SIZE},
-        "spec": spec(epochs),
-    }
+    assignment = engine_assignment(
+        {"unfreeze_blocks": unfreeze, "lr": LR, "batch_size": BATCH_SIZE},
+        source_model=SOURCE,
+        dataset=DATASET,
+        budget={"epochs": epochs},
+    )
     started = time.perf_counter()
     result = run_trial(
         assignment,

@@ -9,7 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from tunefleet.protocol import Assignment
 from tunefleet.spec import (
+    CORRUPTIONS,
     KNOWN_PARAMS,
     SpecError,
     StudySpec,
@@ -147,6 +149,13 @@ INVALID = [
     ),
     ({"robustness": {"corruptions": ["fog"]}}, "robustness.corruptions.0"),
     ({"compression": {"prune_amount": 1.0}}, "compression.prune_amount"),
+    ({"compression": {"prune_amount": 0.96}}, "compression.prune_amount"),
+    ({"robustness": {"pgd": {"eps": 0}}}, "robustness.pgd.eps"),
+    ({"robustness": {"corruptions": ["blur", "pixelate", "blur"]}}, "robustness.corruptions.2"),
+    ({"robustness": {"gaussian_sigma": [0.1, 0.1000001]}}, "robustness.gaussian_sigma.1"),
+    ({"robustness": {"fgsm_eps": [0.03, 0.03]}}, "robustness.fgsm_eps.1"),
+    ({"robustness": {"pgd": {"steps": 0}}}, "robustness.pgd.steps"),
+    ({"budget": {"epochs": 0}}, "budget.epochs"),
     ({"colour": "blue"}, "colour"),
 ]
 
@@ -287,3 +296,71 @@ def test_json_schema_documents_every_field() -> None:
     schema = StudySpec.model_json_schema()
     for name, prop in schema["properties"].items():
         assert prop.get("description"), name
+
+
+def test_every_corruption_is_selectable() -> None:
+    spec = StudySpec.model_validate(base_spec(robustness={"corruptions": list(CORRUPTIONS)}))
+    assert spec.robustness.corruptions == list(CORRUPTIONS)
+    assert set(CORRUPTIONS) >= {"blur", "contrast", "brightness", "pixelate", "shot_noise"}
+
+
+def test_robustness_components_are_named_as_the_engine_reports_them() -> None:
+    spec = StudySpec.model_validate(
+        base_spec(robustness={"fgsm_eps": [0.1], "pgd": {}, "corruptions": ["pixelate"]})
+    )
+    assert spec.robustness.component_names() == [
+        "gaussian_0.1",
+        "gaussian_0.3",
+        "fgsm_0.1",
+        "pgd_0.03",
+        "pixelate",
+    ]
+
+
+def test_trial_params_are_sampled_over_fixed_over_defaults_and_typed() -> None:
+    spec = StudySpec.model_validate(base_spec(fixed_params={"batch_size": 32, "dropout": 0}))
+    params = spec.trial_params({"lr": 0.01, "head_depth": 2.0})
+    assert set(params) == set(KNOWN_PARAMS)
+    assert params["lr"] == 0.01 and params["head_depth"] == 2
+    assert isinstance(params["head_depth"], int) and isinstance(params["dropout"], float)
+    assert params["batch_size"] == 32  # fixed
+    assert params["optimizer"] == KNOWN_PARAMS["optimizer"].default
+
+
+@pytest.mark.parametrize(
+    ("params", "path", "message"),
+    [
+        ({"momentum": 0.9}, "params.momentum", "unknown hyperparameter"),
+        ({"head_depth": 9}, "params.head_depth", "must be in [1, 8]"),
+        ({"batch_size": 12.5}, "params.batch_size", "must be an integer"),
+        ({"activation": "swish"}, "params.activation", "must be one of relu"),
+        ({"lr": "fast"}, "params.lr", "must be a number"),
+    ],
+)
+def test_trial_params_reject_what_the_engine_cannot_use(
+    params: dict[str, Any], path: str, message: str
+) -> None:
+    spec = StudySpec.model_validate(base_spec())
+    with pytest.raises(SpecError) as info:
+        spec.trial_params(params)
+    ((error),) = info.value.errors
+    assert error["path"] == path and message in error["message"]
+
+
+def test_an_assignment_carries_the_spec_validated() -> None:
+    spec = StudySpec.model_validate(base_spec(robustness={"pgd": {}}))
+    lease = {
+        "trial_id": 1,
+        "study_id": 2,
+        "number": 0,
+        "params": {"lr": 0.01},
+        "spec": spec.model_dump(mode="json"),
+        "lease_expires_at": "2030-01-01T00:00:00Z",
+    }
+    assignment = Assignment.model_validate_json(json.dumps(lease))
+    assert assignment.spec == spec
+    assert assignment.spec.robustness.pgd is not None and assignment.spec.robustness.pgd.eps == 0.03
+    lease["spec"] = {**lease["spec"], "compression": {"prune_amount": 0.99}}
+    with pytest.raises(ValidationError) as info:
+        Assignment.model_validate(lease)
+    assert [field_path(e["loc"]) for e in info.value.errors()] == ["spec.compression.prune_amount"]

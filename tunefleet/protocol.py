@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunefleet.spec import StudySpec
+
 __all__ = [
     "API_PREFIX",
     "WORKER_INTERRUPTED",
@@ -58,8 +60,11 @@ class Assignment(BaseModel):
     trial_id: int = Field(description="Optuna's trial id; the trial calls take it.")
     study_id: int = Field(description="TuneFleet's study id, as the user API shows it.")
     number: int = Field(description="The trial's number within its study.")
-    params: dict[str, Any]
-    spec: dict[str, Any] = Field(description="The study spec (JSON) the trial belongs to.")
+    params: dict[str, Any] = Field(description="The sampled values, by hyperparameter name.")
+    spec: StudySpec = Field(
+        description="The study spec the trial belongs to; the worker validates it with the "
+        "same model the API used, so both sides read the same defaults and bounds."
+    )
     lease_expires_at: datetime
     heartbeat_interval_s: float = Field(
         default=10.0, description="How often the service expects a heartbeat."

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -64,10 +65,12 @@ __all__ = [
     "CORRUPTIONS",
     "KNOWN_PARAMS",
     "METRICS",
+    "PGD",
     "Budget",
     "CategoricalParam",
     "CmaEsSampler",
     "Compression",
+    "Corruption",
     "FloatParam",
     "GPSampler",
     "GridSampler",
@@ -187,7 +190,9 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 
 BUILTIN_MODELS = ("digits-cnn",)
 BUILTIN_DATASETS = ("digits-5to9",)
-CORRUPTIONS = ("blur", "contrast", "brightness", "pixelate", "shot_noise")
+Corruption = Literal["blur", "contrast", "brightness", "pixelate", "shot_noise"]
+CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
+"""Common corruptions of the robustness suite; the engine implements exactly these."""
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 MAX_GRID_POINTS = 100_000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -238,14 +243,37 @@ class Robustness(SpecModel):
         default_factory=lambda: [0.03], max_length=10, description="FGSM attack radii."
     )
     pgd: PGD | None = Field(None, description="PGD attack; null to skip.")
-    corruptions: list[Literal["blur", "contrast", "brightness"]] = Field(
+    corruptions: list[Corruption] = Field(
         default_factory=list,
         max_length=len(CORRUPTIONS),
         description="Common corruptions: " + ", ".join(CORRUPTIONS) + ".",
     )
 
+    @model_validator(mode="after")
+    def _distinct_components(self) -> Robustness:
+        # Each component is scored under its name: two with one name would count twice.
+        problems = Problems()
+        for field, names in (
+            ("gaussian_sigma", [f"{s:g}" for s in self.gaussian_sigma]),
+            ("fgsm_eps", [f"{e:g}" for e in self.fgsm_eps]),
+            ("corruptions", list(self.corruptions)),
+        ):
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    problems.add((field, i), f"{name} appears twice", getattr(self, field)[i])
+        problems.raise_if_any("Robustness")
+        return self
+
     def is_empty(self) -> bool:
         return not (self.gaussian_sigma or self.fgsm_eps or self.pgd or self.corruptions)
+
+    def component_names(self) -> list[str]:
+        """The perturbations in the order the engine scores them, named as it reports them."""
+        names = [f"gaussian_{s:g}" for s in self.gaussian_sigma]
+        names += [f"fgsm_{e:g}" for e in self.fgsm_eps]
+        if self.pgd is not None:
+            names.append(f"pgd_{self.pgd.eps:g}")
+        return names + list(self.corruptions)
 
 
 class Compression(SpecModel):
@@ -255,6 +283,10 @@ class Compression(SpecModel):
     prune_amount: float = Field(
         0.0, ge=0, le=0.95, description="Fraction of weights removed by magnitude pruning."
     )
+
+    @property
+    def active(self) -> bool:
+        return self.quantize_int8 or self.prune_amount > 0
 
 
 class Budget(SpecModel):
@@ -576,12 +608,23 @@ class StudySpec(SpecModel):
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
 
-    def params_with_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Sampled params completed by fixed_params and the engine's defaults."""
-        full = {name: p.default for name, p in KNOWN_PARAMS.items()}
-        full.update(self.fixed_params)
-        full.update(params)
-        return full
+    def trial_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every known hyperparameter of a trial: sampled `params` over fixed_params over the
+        defaults, each checked against its bounds and typed (int, float or str).
+
+        Raises SpecError with paths like `params.lr` for an unknown name or a bad value.
+        """
+        errors = [
+            {"path": f"params.{name}", "message": why}
+            for name, value in params.items()
+            if (why := _param_problem(name, value)) is not None
+        ]
+        if errors:
+            raise SpecError(errors)
+        merged = {name: p.default for name, p in KNOWN_PARAMS.items()}
+        merged.update(self.fixed_params)
+        merged.update(params)
+        return {name: KNOWN_PARAMS[name].coerce(value) for name, value in merged.items()}
 
     @classmethod
     def from_text(cls, text: str) -> StudySpec:
@@ -601,6 +644,14 @@ class StudySpec(SpecModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise SpecError.from_validation_error(exc) from exc
+
+
+def _param_problem(name: str, value: Any) -> str | None:
+    known = KNOWN_PARAMS.get(name)
+    if known is None:
+        return _unknown_param(name)
+    why = known.problem_with(value)
+    return None if why is None else f"{name} {why}"
 
 
 def _unknown_param(name: str) -> str:

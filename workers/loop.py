@@ -34,7 +34,8 @@ __all__ = [
 
 log = logging.getLogger("tunefleet.worker")
 
-# run_trial(assignment, report, *, device, cache_dir, artifact_dir) -> TrialResult
+# run_trial(assignment, report, *, device, cache_dir, artifact_dir) -> TrialResult, where
+# assignment is the Assignment the lease returned, its spec a validated StudySpec.
 Objective = Callable[..., Any]
 
 
@@ -99,8 +100,7 @@ class _RunningTrial:
     def __init__(self, assignment: Assignment) -> None:
         self.assignment = assignment
         self.trial_id = assignment.trial_id
-        budget = assignment.spec.get("budget") or {}
-        self.total_epochs = budget.get("epochs")
+        self.total_epochs = assignment.spec.budget.epochs
         self.epoch: int | None = None
         self.abandoned = threading.Event()
         self.abandon_reason = ""
@@ -114,10 +114,7 @@ class _RunningTrial:
     def progress(self) -> dict[str, int] | None:
         if self.epoch is None:
             return None
-        progress = {"epoch": self.epoch}
-        if isinstance(self.total_epochs, int):
-            progress["total_epochs"] = self.total_epochs
-        return progress
+        return {"epoch": self.epoch, "total_epochs": self.total_epochs}
 
 
 class Worker:
@@ -234,7 +231,7 @@ class Worker:
                 if self.force_stop.is_set():
                     raise WorkerInterrupted("stop requested")
                 result = self.objective(
-                    trial.assignment.model_dump(mode="json"),
+                    trial.assignment,
                     report,
                     device=self.device,
                     cache_dir=self.cache_dir,

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from tunefleet.protocol import Assignment
+
 
 class TrialPruned(Exception):
     """Same name as the engine's: the worker recognises it by name."""
@@ -27,26 +29,27 @@ def score(params: dict) -> float:
     return math.exp(-((dropout - 0.3) ** 2) * 4 - (math.log10(lr) + 2) ** 2 / 4)
 
 
-def quadratic(assignment: dict, report, *, device: str, cache_dir: Path, artifact_dir: Path):
+def quadratic(assignment: Assignment, report, *, device: str, cache_dir: Path, artifact_dir: Path):
     """Reports score * epoch / epochs after each epoch; returns the score for every metric."""
-    spec = assignment["spec"]
-    epochs = int(spec["budget"]["epochs"])
-    value = score(assignment["params"])
+    epochs = assignment.spec.budget.epochs
+    value = score(assignment.params)
     for epoch in range(1, epochs + 1):
         time.sleep(_epoch_s())
         if report(epoch, value * epoch / epochs):
             raise TrialPruned(f"pruned at epoch {epoch}")
-    metrics = [o["metric"] for o in spec["objectives"]]
+    metrics = assignment.spec.metric_names
     return {
         "values": {m: value if i == 0 else 1 - value for i, m in enumerate(metrics)},
         "attrs": {"device": device, "objective": "quadratic"},
     }
 
 
-def failing(assignment: dict, report, *, device: str, cache_dir: Path, artifact_dir: Path):
+def failing(assignment: Assignment, report, *, device: str, cache_dir: Path, artifact_dir: Path):
     report(1, 0.5)
-    raise ValueError(f"no such layer for trial {assignment['number']}")
+    raise ValueError(f"no such layer for trial {assignment.number}")
 
 
-def not_a_number(assignment: dict, report, *, device: str, cache_dir: Path, artifact_dir: Path):
-    return {"values": {o["metric"]: math.nan for o in assignment["spec"]["objectives"]}}
+def not_a_number(
+    assignment: Assignment, report, *, device: str, cache_dir: Path, artifact_dir: Path
+):
+    return {"values": {metric: math.nan for metric in assignment.spec.metric_names}}

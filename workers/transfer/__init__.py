@@ -8,10 +8,9 @@ from workers.transfer.errors import (
     TrialPruned,
     UnsafeWeightsError,
 )
-from workers.transfer.trial import DEFAULT_PARAMS, TrialResult, resolve_params, run_trial
+from workers.transfer.trial import TrialResult, run_trial
 
 __all__ = [
-    "DEFAULT_PARAMS",
     "DatasetError",
     "ParamError",
     "SourceModelError",
@@ -19,6 +18,5 @@ __all__ = [
     "TrialPruned",
     "TrialResult",
     "UnsafeWeightsError",
-    "resolve_params",
     "run_trial",
 ]

@@ -6,41 +6,21 @@ import copy
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from tunefleet.spec import Compression
 from workers.transfer.errors import ParamError
 
 MB = 2**20
 INDEX_BYTES = 4  # one 32-bit index per stored value in a sparse tensor
 
 
-@dataclass
-class Compression:
-    quantize_int8: bool = False
-    prune_amount: float = 0.0  # fraction of conv and linear weights set to zero, globally
-
-    @classmethod
-    def from_spec(cls, spec: dict | None) -> Compression:
-        spec = spec or {}
-        result = cls(
-            quantize_int8=bool(spec.get("quantize_int8", False)),
-            prune_amount=float(spec.get("prune_amount", 0.0) or 0.0),
-        )
-        if not 0.0 <= result.prune_amount < 1.0:
-            raise ParamError(f"compression.prune_amount={result.prune_amount} must be in [0, 1)")
-        return result
-
-    @property
-    def active(self) -> bool:
-        return self.quantize_int8 or self.prune_amount > 0
-
-
 def compress(model: nn.Module, spec: Compression) -> nn.Module:
-    """A compressed copy on the CPU: global L1 pruning first, then int8 dynamic quantization."""
+    """A compressed copy on the CPU: global L1 pruning of conv and linear weights first,
+    then int8 dynamic quantization."""
     model = copy.deepcopy(model).cpu().eval()
     if spec.prune_amount > 0:
         targets = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]

@@ -66,9 +66,6 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def split(self, name: str) -> Split:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
-
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """Pixel values in [0, 1] as float32, whichever way they are stored."""

@@ -25,10 +25,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
     "elu": nn.ELU,
-    "selu": nn.SELU,
-    "mish": nn.Mish,
-    "hardswish": nn.Hardswish,
 }
+"""The head's activations: the spec's choices for `activation` (KNOWN_PARAMS), no more."""
 
 
 class InputAdapter(nn.Module):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tunefleet.spec import KNOWN_PARAMS, Budget
 from workers.transfer.data import Dataset, Split, to_float
 from workers.transfer.errors import ParamError, TrialPruned
 from workers.transfer.features import FeatureCache
@@ -23,36 +24,54 @@ EVAL_BATCH = 256
 DEVICE_RESIDENT_BYTES = 1 << 30
 
 
+def _default(name: str):
+    return KNOWN_PARAMS[name].default
+
+
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3  # peak learning rate, annealed by `schedule`
-    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9, Nesterov)
-    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw), on every trained weight
-    batch_size: int = 64
-    epochs: int = 10
-    l2sp_alpha: float = 0.0  # L2-SP: alpha/2 * ||w - w_pretrained||^2 on the unfrozen backbone
-    label_smoothing: float = 0.0
-    augment_strength: float = 0.0  # 0 is off; 1 is +-15 degrees, 12% shifts, 10% zoom, jitter
+    """How to fine-tune; the hyperparameters' defaults and bounds are the spec's KNOWN_PARAMS."""
+
+    lr: float = _default("lr")  # peak learning rate, annealed by `schedule`
+    optimizer: str = _default("optimizer")  # adam | adamw | sgd (momentum 0.9, Nesterov)
+    # L2 (adam, sgd) or decoupled (adamw), on every trained weight
+    weight_decay: float = _default("weight_decay")
+    batch_size: int = _default("batch_size")
+    epochs: int = Budget.model_fields["epochs"].default
+    # L2-SP: alpha/2 * ||w - w_pretrained||^2 on the unfrozen backbone
+    l2sp_alpha: float = _default("l2sp_alpha")
+    label_smoothing: float = _default("label_smoothing")
+    # 0 is off; 1 is +-15 degrees, 12% shifts, 10% zoom, jitter
+    augment_strength: float = _default("augment_strength")
     schedule: str = "cosine"  # cosine (per step, to zero) | constant
     seed: int = 0  # spec seed + trial number
     device: str = "cpu"
 
     def validate(self) -> None:
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ParamError(f"optimizer {self.optimizer!r} is unknown; use adam, adamw or sgd")
+        """Check the values against the spec's bounds (KNOWN_PARAMS), the one place they live."""
+        problems = [
+            f"{name} {why}"
+            for name in _SPEC_PARAMS
+            if (why := KNOWN_PARAMS[name].problem_with(getattr(self, name))) is not None
+        ]
         if self.schedule not in ("cosine", "constant"):
-            raise ParamError(f"schedule {self.schedule!r} is unknown; use cosine or constant")
-        if not (self.lr > 0 and self.batch_size >= 1 and self.epochs >= 1):
-            raise ParamError(
-                f"lr={self.lr}, batch_size={self.batch_size}, epochs={self.epochs}: "
-                "need lr > 0, batch_size >= 1 and epochs >= 1"
-            )
-        if self.weight_decay < 0 or self.l2sp_alpha < 0 or not 0 <= self.label_smoothing < 1:
-            raise ParamError(
-                "weight_decay and l2sp_alpha must be >= 0 and label_smoothing in [0, 1)"
-            )
-        if not 0 <= self.augment_strength <= 1:
-            raise ParamError(f"augment_strength={self.augment_strength} must be in [0, 1]")
+            problems.append(f"schedule {self.schedule!r} is unknown; use cosine or constant")
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if problems:
+            raise ParamError("; ".join(problems))
+
+
+# The TrainConfig fields that are hyperparameters of the spec.
+_SPEC_PARAMS = (
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "batch_size",
+    "l2sp_alpha",
+    "label_smoothing",
+    "augment_strength",
+)
 
 
 @dataclass

@@ -7,32 +7,25 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from tunefleet.spec import KNOWN_PARAMS
-from tunefleet.spec import METRICS as SPEC_METRICS
-from workers.transfer.compress import Compression, compress, count_params, latency_ms, size_mb
+from tunefleet.protocol import Assignment
+from tunefleet.spec import Compression, SpecError, StudySpec
+from workers.transfer.compress import compress, count_params, latency_ms, size_mb
 from workers.transfer.data import Dataset, load_dataset, to_float
 from workers.transfer.errors import ParamError
 from workers.transfer.features import FEATURES, FeatureCache
-from workers.transfer.models import ACTIVATIONS, InputAdapter, TransferModel, build_head
-from workers.transfer.robustness import RobustnessSuite, robust_accuracy
+from workers.transfer.models import InputAdapter, TransferModel, build_head
+from workers.transfer.robustness import robust_accuracy
 from workers.transfer.sources import SourceModel, load_source_model
 from workers.transfer.train import FitResult, Report, TrainConfig, accuracy, fine_tune
 from workers.transfer.weights import save_weights
-
-# The known hyperparameters, their defaults and the metrics are the spec's (tunefleet/spec.py).
-DEFAULT_PARAMS: dict[str, Any] = {name: p.default for name, p in KNOWN_PARAMS.items()}
-_KINDS = {
-    name: {"float": float, "int": int, "categorical": str}[p.kind]
-    for name, p in KNOWN_PARAMS.items()
-}
-METRICS = tuple(SPEC_METRICS)
-DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -42,37 +35,11 @@ class TrialResult:
     artifact: str | None = None  # path of the fine-tuned model (safetensors)
 
 
-def resolve_params(params: dict | None, fixed: dict | None) -> dict[str, Any]:
-    """Sampled params over the spec's fixed ones over the engine defaults, typed."""
-    merged = {**DEFAULT_PARAMS, **(fixed or {}), **(params or {})}
-    unknown = sorted(set(merged) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ParamError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_PARAMS)}"
-        )
+def _trial_params(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        typed = {name: _KINDS[name](value) for name, value in merged.items()}
-    except (TypeError, ValueError) as exc:
-        raise ParamError(f"a hyperparameter has the wrong type: {exc}") from exc
-    for name in ("head_depth", "head_width", "batch_size", "unfreeze_blocks"):
-        if float(merged[name]) != typed[name]:
-            raise ParamError(f"{name}={merged[name]!r} must be a whole number")
-    if typed["unfreeze_blocks"] < 0:
-        raise ParamError("unfreeze_blocks must be >= 0")
-    if typed["activation"] not in ACTIVATIONS:
-        raise ParamError(
-            f"activation {typed['activation']!r} is unknown; choose one of {', '.join(ACTIVATIONS)}"
-        )
-    return typed
-
-
-def _objectives(spec: dict) -> list[str]:
-    objectives = spec.get("objectives") or [{"metric": "accuracy"}]
-    metrics = [o.get("metric") if isinstance(o, dict) else str(o) for o in objectives]
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ParamError(f"unknown metric(s) {unknown}; use {', '.join(METRICS)}")
-    return metrics
+        return spec.trial_params(params)
+    except SpecError as error:
+        raise ParamError(str(error)) from None
 
 
 def build_model(source: SourceModel, data: Dataset, params: dict[str, Any]) -> TransferModel:
@@ -96,7 +63,7 @@ def build_model(source: SourceModel, data: Dataset, params: dict[str, Any]) -> T
 
 
 def run_trial(
-    assignment: dict,
+    assignment: Assignment | Mapping[str, Any],
     report: Report,
     *,
     device: str = "cpu",
@@ -106,41 +73,35 @@ def run_trial(
 ) -> TrialResult:
     """Fine-tune and score one trial of the assignment's study.
 
+    `assignment` is the leased Assignment, or its JSON (validated here, spec included).
     Calls `report(epoch, val_accuracy)` after each epoch (epochs count from 1) and
     raises TrialPruned when it returns True; raises a
     TransferError subclass (with what to fix) for a bad spec, file or dataset.
     Pass feature_cache=None to recompute frozen features in every batch.
     """
     started = time.perf_counter()
-    spec = assignment.get("spec") or {}
-    number = int(assignment.get("number", 0))
-    metrics = _objectives(spec)
-    params = resolve_params(assignment.get("params"), spec.get("fixed_params"))
-    budget = spec.get("budget") or {}
+    assignment = _validated(assignment)
+    spec, number = assignment.spec, assignment.number
+    metrics = spec.metric_names
+    params = _trial_params(spec, assignment.params)
     cfg = TrainConfig(
         lr=params["lr"],
         optimizer=params["optimizer"],
         weight_decay=params["weight_decay"],
         batch_size=params["batch_size"],
-        epochs=int(budget.get("epochs", DEFAULT_EPOCHS)),
+        epochs=spec.budget.epochs,
         l2sp_alpha=params["l2sp_alpha"],
         label_smoothing=params["label_smoothing"],
         augment_strength=params["augment_strength"],
-        seed=int(spec.get("seed", 0) or 0) + number,
+        seed=spec.seed + number,
         device=str(device),
     )
     cfg.validate()
-    suite = RobustnessSuite.from_spec(spec.get("robustness"))
-    if "robustness" in metrics and not suite.component_names():
-        raise ParamError("the robustness objective needs at least one perturbation in robustness")
-    compression = Compression.from_spec(spec.get("compression"))
 
     source = load_source_model(
-        spec.get("source_model", "builtin:digits-cnn"),
-        weights=spec.get("source_weights"),
-        cache_dir=Path(cache_dir),
+        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir)
     )
-    data = load_dataset(spec.get("dataset", "builtin:digits-5to9"), source.input_spec)
+    data = load_dataset(spec.dataset, source.input_spec)
     loaded = time.perf_counter()
 
     torch.manual_seed(cfg.seed)  # head initialisation and dropout
@@ -158,13 +119,14 @@ def run_trial(
     values: dict[str, float] = {}
     attrs: dict[str, Any] = {}
     values["accuracy"] = accuracy(model, data.test, cfg.device)
-    if "robustness" in metrics or spec.get("robustness"):
+    if not spec.robustness.is_empty():
+        # Scored whenever the suite has a perturbation; an attribute when not an objective.
         mean, components = robust_accuracy(
-            model, data.test, suite, device=cfg.device, seed=cfg.seed
+            model, data.test, spec.robustness, device=cfg.device, seed=cfg.seed
         )
         values["robustness"] = mean
         attrs.update({f"robustness/{name}": acc for name, acc in components.items()})
-    attrs.update(_cost_metrics(model, data, compression, cfg.device, "latency_ms" in metrics))
+    attrs.update(_cost_metrics(model, data, spec.compression, cfg.device, "latency_ms" in metrics))
     values.update({k: attrs.pop(k) for k in ("params", "size_mb", "latency_ms") if k in attrs})
     finished = time.perf_counter()
 
@@ -180,19 +142,19 @@ def run_trial(
     )
     artifact = save_artifact(
         model,
-        Path(artifact_dir) / str(assignment.get("study_id", "local")) / str(number),
+        Path(artifact_dir) / str(assignment.study_id) / str(number),
         config={
             "source_model": source.uri,
             "source_arch": source.arch,
             "source_hash": source.content_hash,
-            "source_weights": spec.get("source_weights"),
+            "source_weights": spec.source_weights,
             "dataset": data.uri,
             "classes": list(data.classes),
             "input": asdict(source.input_spec),
             "params": params,
             "train": asdict(cfg),
-            "trial_id": assignment.get("trial_id"),
-            "study_id": assignment.get("study_id"),
+            "trial_id": assignment.trial_id,
+            "study_id": assignment.study_id,
             "number": number,
         },
         scores={**values, **{k: v for k, v in attrs.items() if k.startswith("robustness/")}},
@@ -203,6 +165,15 @@ def run_trial(
     return TrialResult(
         values={m: float(values[m]) for m in metrics}, attrs=attrs, artifact=artifact
     )
+
+
+def _validated(assignment: Assignment | Mapping[str, Any]) -> Assignment:
+    if isinstance(assignment, Assignment):
+        return assignment  # the worker loop validated it when the lease came in
+    try:
+        return Assignment.model_validate(assignment)
+    except ValidationError as error:
+        raise ParamError(str(SpecError.from_validation_error(error))) from None
 
 
 def _cost_metrics(

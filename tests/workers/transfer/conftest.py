@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ def _assignment(params: dict | None = None, **spec: object) -> dict:
         "source_model": "builtin:digits-cnn",
         "dataset": "builtin:digits-5to9",
         "objectives": [{"metric": "accuracy", "direction": "maximize"}],
+        "search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
         "budget": {"epochs": 3},
         "seed": 0,
     }
@@ -49,13 +51,14 @@ def _assignment(params: dict | None = None, **spec: object) -> dict:
         "number": number,
         "params": params or {},
         "spec": base,
-        "lease_expires_at": None,
+        "lease_expires_at": datetime.now(UTC).isoformat(),
     }
 
 
 @pytest.fixture(scope="session")
 def make_assignment() -> Callable[..., dict]:
-    """assignment(params, **spec): as the worker loop hands it over, on the digits study."""
+    """assignment(params, **spec): the JSON of a lease on the digits study (spec fields over
+    the defaults here); run_trial validates it as the worker does."""
     return _assignment
 
 

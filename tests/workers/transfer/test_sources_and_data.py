@@ -106,7 +106,7 @@ def test_pickle_that_runs_code_is_refused_without_running(
     marker = tmp_path / "payload-ran"
     torch_file = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(2), "extra": MarkerPayload(marker)}, torch_file)
-    plain_pickle = tmp_path / "evil.pkl"
+    plain_pickle = tmp_path / "evil-plain-pickle.pth"
     plain_pickle.write_bytes(pickle.dumps(MarkerPayload(marker)))
     _, report = reports
     for path in (torch_file, plain_pickle):
@@ -183,14 +183,21 @@ def test_unknown_schemes_and_params_are_clear_errors(
 ) -> None:
     _, report = reports
     kwargs = {"cache_dir": cache_dir, "artifact_dir": artifact_dir}
-    with pytest.raises(DatasetError, match="imagefolder"):
+    with pytest.raises(ParamError, match=r"spec\.dataset: unknown scheme 'hub'"):
         run_trial(make_assignment(dataset="hub:cifar10"), report, **kwargs)
-    with pytest.raises(SourceModelError, match="scheme"):
+    with pytest.raises(ParamError, match=r"spec\.source_model: unknown scheme 'hf'"):
         run_trial(make_assignment(source_model="hf:resnet"), report, **kwargs)
-    with pytest.raises(ParamError, match="unknown hyperparameter"):
+    with pytest.raises(ParamError, match=r"params\.momentum: unknown hyperparameter"):
         run_trial(make_assignment({"momentum": 0.9}), report, **kwargs)
-    with pytest.raises(ParamError, match="activation"):
+    with pytest.raises(ParamError, match=r"params\.activation: activation must be one of"):
         run_trial(make_assignment({"activation": "swish2"}), report, **kwargs)
+    with pytest.raises(ParamError, match=r"params\.head_depth: head_depth must be in \[1, 8\]"):
+        run_trial(make_assignment({"head_depth": 9}), report, **kwargs)
+    # The loaders refuse what a spec from another version could still name.
+    with pytest.raises(DatasetError, match="imagefolder"):
+        load_dataset("hub:cifar10", RGB_SMALL)
+    with pytest.raises(SourceModelError, match="scheme"):
+        load_source_model("hf:resnet", weights=None, cache_dir=cache_dir)
 
 
 def test_fixed_params_fill_in_what_was_not_sampled(
@@ -198,15 +205,13 @@ def test_fixed_params_fill_in_what_was_not_sampled(
 ) -> None:
     _, report = reports
     result = run_trial(
-        make_assignment(
-            {"lr": 5e-3}, fixed_params={"head_width": 32, "lr": 1.0}, budget={"epochs": 1}
-        ),
+        make_assignment({"lr": 5e-3}, fixed_params={"head_width": 32}, budget={"epochs": 1}),
         report,
         cache_dir=cache_dir,
         artifact_dir=artifact_dir,
     )
     config = json.loads((Path(result.artifact).parent / "config.json").read_text())["config"]
-    assert config["params"]["lr"] == 5e-3  # sampled beats fixed
+    assert config["params"]["lr"] == 5e-3  # sampled
     assert config["params"]["head_width"] == 32  # fixed beats the default
     assert config["params"]["optimizer"] == "adam"  # the default
 

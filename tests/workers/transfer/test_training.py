@@ -7,19 +7,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from tunefleet.spec import StudySpec
 from workers.transfer import builtin, run_trial
 from workers.transfer.data import InputSpec, load_dataset
 from workers.transfer.features import FeatureCache
 from workers.transfer.models import InputAdapter
 from workers.transfer.sources import load_source_model
 from workers.transfer.train import TrainConfig, augment, fine_tune
-from workers.transfer.trial import build_model, resolve_params
+from workers.transfer.trial import build_model
 
 
 @pytest.fixture
 def digits(cache_dir: Path):
     source = load_source_model("builtin:digits-cnn", weights=None, cache_dir=cache_dir)
     return source, load_dataset("builtin:digits-5to9", source.input_spec)
+
+
+def head_params(make_assignment, **params) -> dict:
+    """Every hyperparameter of a trial: `params` over the digits study's defaults."""
+    return StudySpec.model_validate(make_assignment()["spec"]).trial_params(params)
 
 
 def never_prune(epoch: int, value: float) -> bool:
@@ -35,10 +41,10 @@ def distance(model: torch.nn.Module, reference: dict[str, torch.Tensor], prefix:
     )
 
 
-def test_frozen_stages_keep_weights_and_batch_norm_statistics(digits) -> None:
+def test_frozen_stages_keep_weights_and_batch_norm_statistics(digits, make_assignment) -> None:
     source, data = digits
     torch.manual_seed(0)
-    model = build_model(source, data, resolve_params({"unfreeze_blocks": 1}, {}))
+    model = build_model(source, data, head_params(make_assignment, unfreeze_blocks=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fine_tune(model, data, TrainConfig(lr=1e-2, epochs=1, augment_strength=0.3), never_prune)
     after = model.state_dict()
@@ -49,12 +55,12 @@ def test_frozen_stages_keep_weights_and_batch_norm_statistics(digits) -> None:
     assert not torch.equal(before["stages.3.conv1.weight"], after["stages.3.conv1.weight"])
 
 
-def test_l2sp_keeps_the_backbone_nearer_its_pretrained_weights(digits) -> None:
+def test_l2sp_keeps_the_backbone_nearer_its_pretrained_weights(digits, make_assignment) -> None:
     source, data = digits
     moved = {}
     for alpha in (0.0, 10.0):
         torch.manual_seed(0)
-        model = build_model(source, data, resolve_params({"unfreeze_blocks": 4}, {}))
+        model = build_model(source, data, head_params(make_assignment, unfreeze_blocks=4))
         start = {k: v.clone() for k, v in model.state_dict().items()}
         fine_tune(model, data, TrainConfig(lr=1e-2, epochs=1, l2sp_alpha=alpha), never_prune)
         moved[alpha] = distance(model, start, "stages.")
