@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.test_cli import run_cli
-from tunefleet.demo import demo_spec
+from tunefleet.cli.demo import demo_spec
 from tunefleet.spec import StudySpec
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))

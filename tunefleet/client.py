@@ -1,54 +1,23 @@
-"""HTTP client of the user API, for the CLI, the demo and scripts."""
+"""The user API over HTTP, for the CLI, the demo and scripts: studies and their trials."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 
-API = "/api/v1"
+from tunefleet.http import AmbiguousFailure, ApiConnection, ApiError, Backoff, Unreachable
 
-
-class ApiError(Exception):
-    """An answer other than success, with the service's message (and the field path, if any)."""
-
-    def __init__(self, status: int, message: str, *, path: list | None = None) -> None:
-        self.status = status
-        self.message = message
-        self.path = path
-        where = f" (at {'.'.join(str(p) for p in path)})" if path else ""
-        super().__init__(f"{message}{where}")
-
-
-class ServiceUnreachable(ApiError):
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(
-            0,
-            f"cannot reach the TuneFleet API at {url}: {reason}; check --service "
-            "(TUNEFLEET_SERVICE_URL) and that `tunefleet serve` is running",
-        )
-
-
-def _message(answer: httpx.Response) -> tuple[str, list | None]:
-    try:
-        body = answer.json()
-    except ValueError:
-        return answer.text.strip()[:300] or answer.reason_phrase, None
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    if isinstance(detail, dict):
-        return str(detail.get("message", detail)), detail.get("path")
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        # FastAPI's validation errors: a list of {loc, msg}.
-        first = detail[0]
-        loc = [p for p in first.get("loc", []) if p != "body"]
-        more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
-        return f"{first.get('msg', 'invalid')}{more}", loc or None
-    return str(detail), None
+__all__ = ["AmbiguousFailure", "ApiError", "TuneFleetClient", "Unreachable"]
 
 
 class TuneFleetClient:
-    """The user API: studies and their trials. Names or ids address a study."""
+    """The user API: studies and their trials. Names or ids address a study.
+
+    Reads, deletes and state changes are retried a few times on connection
+    errors and 5xx; a study create or an enqueue is never sent twice blindly
+    (see :meth:`create_study`).
+    """
 
     def __init__(
         self,
@@ -56,20 +25,22 @@ class TuneFleetClient:
         token: str,
         *,
         timeout_s: float = 30.0,
-        retries: int = 3,
+        attempts: int = 4,
+        backoff: Backoff | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.service = service.rstrip("/")
-        self.retries = retries
-        self._http = httpx.Client(
-            base_url=self.service,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout_s,
+        self._api = ApiConnection(
+            self.service,
+            token,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            backoff=backoff,
             transport=transport,
         )
 
     def close(self) -> None:
-        self._http.close()
+        self._api.close()
 
     def __enter__(self) -> TuneFleetClient:
         return self
@@ -77,30 +48,12 @@ class TuneFleetClient:
     def __exit__(self, *_exc) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One call; 503 and connection errors are retried a few times with backoff."""
-        delay = 0.5
-        for attempt in range(self.retries + 1):
-            try:
-                answer = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as error:
-                if attempt == self.retries:
-                    raise ServiceUnreachable(
-                        self.service, str(error) or type(error).__name__
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if answer.status_code == 503 and attempt < self.retries:
-                time.sleep(float(answer.headers.get("Retry-After", delay)))
-                continue
-            if answer.status_code >= 400:
-                message, path_ = _message(answer)
-                raise ApiError(answer.status_code, message, path=path_)
-            if answer.status_code == 204 or not answer.content:
-                return None
-            return answer.json()
-        raise AssertionError("unreachable")
+    def request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> Any:
+        """One call under the API prefix; the answer's JSON, or None for an empty answer."""
+        answer = self._api.request(method, path, idempotent=idempotent, **kwargs)
+        if answer.status_code == 204 or not answer.content:
+            return None
+        return answer.json()
 
     # Studies.
 
@@ -108,26 +61,65 @@ class TuneFleetClient:
         """The id of a study given by id or by name."""
         if isinstance(ref, int) or str(ref).isdigit():
             return int(ref)
-        return int(self.request("GET", f"{API}/studies/by-name/{ref}")["id"])
+        return int(self.study_by_name(str(ref))["id"])
+
+    def study_by_name(self, name: str) -> dict:
+        return self.request("GET", f"/studies/by-name/{name}")
 
     def create_study(self, spec: dict) -> dict:
-        return self.request("POST", f"{API}/studies", json=spec)
+        """Create a study; sent again after an ambiguous failure only if it does not exist.
+
+        A create whose answer was lost (a timeout, a reset connection, a 5xx)
+        may have gone through: the study is looked up by name first, and one
+        found with the same spec is the one this call created.
+        """
+        attempts = self._api.attempts or 1
+        for attempt in range(attempts):
+            try:
+                return self.request("POST", "/studies", json_body=spec, idempotent=False)
+            except AmbiguousFailure as failure:
+                name = spec.get("name")
+                if not name:
+                    raise
+                found = self._created_by_name(name, spec)
+                if found is not None:
+                    return found
+                if attempt == attempts - 1:
+                    raise failure from None
+        raise AssertionError("unreachable")
+
+    def _created_by_name(self, name: str, spec: dict) -> dict | None:
+        try:
+            found = self.study_by_name(name)
+        except ApiError as error:
+            if error.status_code == 404:
+                return None
+            raise
+        if not _same_spec(found.get("spec"), spec):
+            raise ApiError(
+                409,
+                f"a study named {name!r} exists with another spec; "
+                "choose another name or delete that study",
+                code="conflict",
+                path=["name"],
+            )
+        return found
 
     def list_studies(self, *, state: str | None = None, limit: int = 50, offset: int = 0) -> dict:
-        params = {"limit": limit, "offset": offset}
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
         if state:
             params["state"] = state
-        return self.request("GET", f"{API}/studies", params=params)
+        return self.request("GET", "/studies", params=params)
 
     def study(self, ref: str | int) -> dict:
-        return self.request("GET", f"{API}/studies/{self.study_id(ref)}")
+        return self.request("GET", f"/studies/{self.study_id(ref)}")
 
     def control(self, ref: str | int, action: str) -> dict:
-        """pause, resume or stop."""
-        return self.request("POST", f"{API}/studies/{self.study_id(ref)}/{action}")
+        """pause, resume or stop: setting a state, so safe to send again."""
+        return self.request("POST", f"/studies/{self.study_id(ref)}/{action}")
 
     def delete_study(self, ref: str | int) -> None:
-        self.request("DELETE", f"{API}/studies/{self.study_id(ref)}")
+        self.request("DELETE", f"/studies/{self.study_id(ref)}")
 
     # Trials.
 
@@ -145,12 +137,28 @@ class TuneFleetClient:
             params["state"] = state.lower()
         if order_by:
             params["order_by"] = order_by
-        return self.request("GET", f"{API}/studies/{self.study_id(ref)}/trials", params=params)
+        return self.request("GET", f"/studies/{self.study_id(ref)}/trials", params=params)
 
     def trial(self, ref: str | int, number: int) -> dict:
-        return self.request("GET", f"{API}/studies/{self.study_id(ref)}/trials/{number}")
+        return self.request("GET", f"/studies/{self.study_id(ref)}/trials/{number}")
 
     def enqueue(self, ref: str | int, params: dict) -> dict:
+        """Queue a trial; never sent twice blindly, as a second send queues a second trial."""
         return self.request(
-            "POST", f"{API}/studies/{self.study_id(ref)}/trials", json={"params": params}
+            "POST",
+            f"/studies/{self.study_id(ref)}/trials",
+            json_body={"params": params},
+            idempotent=False,
         )
+
+
+def _same_spec(found: Any, sent: dict) -> bool:
+    """Whether the service's spec (defaults filled in) is the one sent."""
+    from tunefleet.spec import StudySpec
+
+    if not isinstance(found, dict):
+        return False
+    try:
+        return StudySpec.model_validate(found) == StudySpec.model_validate(sent)
+    except ValueError:
+        return False

@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tunefleet.http import Backoff, Interrupted, Unreachable
 from tunefleet.protocol import WORKER_INTERRUPTED, Assignment
-from workers.client import Backoff, Interrupted, Rejected, ServiceClient, Unreachable
+from workers.client import Rejected, ServiceClient
 from workers.config import WorkerSettings
 
 __all__ = [

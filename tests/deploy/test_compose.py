@@ -164,7 +164,7 @@ def test_dashboard_is_published_on_loopback_only(compose):
 def test_dashboard_reads_the_database_as_the_read_only_role(compose):
     dashboard = compose["services"]["dashboard"]
     url = dashboard["command"][0]
-    assert url.startswith("postgresql+psycopg2://dashboard_ro:")
+    assert url.startswith("postgresql+psycopg://dashboard_ro:")
     assert url.endswith("@postgres:5432/tunefleet")
     assert dashboard["command"][1:] == ["--host", "0.0.0.0", "--port", "8080"]
 

@@ -42,7 +42,7 @@ def test_compose_commands_migrate_serve_and_lease_with_the_shared_token(compose,
     services = compose["services"]
     worker_token = secrets.token_hex(32)  # what `openssl rand -hex 32` gives
     database_url = (
-        make_url(pg_url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+        make_url(pg_url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     )
     env = _env(
         database_url=database_url,

@@ -43,13 +43,13 @@ def _run_role_sql(database_url: str) -> None:
 
 def _dashboard_url(database_url: str) -> str:
     url = make_url(database_url).set(
-        drivername="postgresql+psycopg2", username="dashboard_ro", password=PASSWORD
+        drivername="postgresql+psycopg", username="dashboard_ro", password=PASSWORD
     )
     return url.render_as_string(hide_password=False)
 
 
 def _owner_url(database_url: str) -> str:
-    url = make_url(database_url).set(drivername="postgresql+psycopg2")
+    url = make_url(database_url).set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)
 
 

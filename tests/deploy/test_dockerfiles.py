@@ -11,25 +11,26 @@ import pytest
 from packaging.requirements import Requirement
 
 from .conftest import DEPLOY, REPO_ROOT
-from .dockerfile import (
+from .dockerignore import DockerIgnore
+from .images import (
     Instruction,
     build_args,
+    expand,
     final_stage,
+    installed_names,
     parse_dockerfile,
+    pip_installs,
+    project_extras,
+    project_requirements,
     read_dockerfile,
     run_commands,
 )
-from .dockerignore import DockerIgnore
 
 API = DEPLOY / "Dockerfile.api"
 WORKER = DEPLOY / "Dockerfile.worker"
 DASHBOARD = DEPLOY / "Dockerfile.dashboard"
 ALL_IMAGES = [API, WORKER, DASHBOARD]
 TORCH_PACKAGES = {"torch", "torchvision"}
-
-
-def _expand(word: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), word)
 
 
 def _copied_files(instructions: list[Instruction]) -> dict[str, str]:
@@ -48,65 +49,6 @@ def _copied_files(instructions: list[Instruction]) -> dict[str, str]:
     return copied
 
 
-def _pip_installs(instructions: list[Instruction]) -> list[tuple[Instruction, list[str]]]:
-    """Each `pip install ...` command, with the words after `install`."""
-    found = []
-    for instruction in instructions:
-        if instruction.keyword != "RUN":
-            continue
-        for words in run_commands(instruction):
-            for n in range(len(words) - 1):
-                if words[n] in {"pip", "pip3"} and words[n + 1] == "install":
-                    found.append((instruction, words[n + 2 :]))
-                    break
-    return found
-
-
-def _requirement_names(lines: list[str]) -> set[str]:
-    names = set()
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            names.add(Requirement(line).name.lower())
-    return names
-
-
-def _installed_names(dockerfile: Path) -> set[str]:
-    """Every package name an image's pip commands ask for, requirement files included."""
-    instructions = final_stage(read_dockerfile(dockerfile))
-    args = build_args(read_dockerfile(dockerfile))
-    copied = _copied_files(instructions)
-    workdir = "/"
-    names: set[str] = set()
-    for instruction, words in _pip_installs(instructions):
-        workdir = next(
-            (
-                i.value
-                for i in reversed(instructions)
-                if i.keyword == "WORKDIR" and i.line < instruction.line
-            ),
-            "/",
-        )
-        words = [_expand(w, args) for w in words]
-        skip_next = False
-        for n, word in enumerate(words):
-            if skip_next:
-                skip_next = False
-                continue
-            if word in {"-r", "--requirement"}:
-                inside = str(Path(workdir, words[n + 1]))
-                source = REPO_ROOT / copied[inside]
-                names |= _requirement_names(source.read_text().splitlines())
-                skip_next = True
-            elif word in {"--index-url", "--extra-index-url", "-i", "-c"}:
-                skip_next = True
-            elif word.startswith("-") or word in {".", "./"}:
-                continue
-            else:
-                names |= _requirement_names([word])
-    return names
-
-
 def _user_instruction(dockerfile: Path) -> Instruction:
     users = [i for i in final_stage(read_dockerfile(dockerfile)) if i.keyword == "USER"]
     assert users, f"{dockerfile.name} has no USER instruction: it would run as root"
@@ -117,21 +59,9 @@ def _user_instruction(dockerfile: Path) -> Instruction:
 
 
 def test_api_image_does_not_install_torch():
-    names = _installed_names(API)
+    names = installed_names(API)
     assert "fastapi" in names and "optuna" in names, names
     assert not names & TORCH_PACKAGES, f"the API image installs {names & TORCH_PACKAGES}"
-
-
-def test_api_image_installs_the_project_without_its_dependencies():
-    # pyproject.toml lists torch, so `pip install .` alone would pull it back in.
-    project_installs = [
-        words
-        for _, words in _pip_installs(final_stage(read_dockerfile(API)))
-        if "." in words or "./" in words
-    ]
-    assert project_installs, "the API image never installs the project"
-    for words in project_installs:
-        assert "--no-deps" in words, f"`pip install {' '.join(words)}` would install torch"
 
 
 def test_api_image_is_not_a_cuda_or_pytorch_base():
@@ -152,22 +82,22 @@ def test_api_image_healthcheck_asks_readyz_without_curl():
 
 def test_worker_image_installs_a_cuda_build_of_torch_in_pyprojects_range(pyproject):
     instructions = read_dockerfile(WORKER)
-    args = build_args(instructions)
+    args = build_args(WORKER)
     torch_installs = [
-        [_expand(w, args) for w in words]
-        for _, words in _pip_installs(final_stage(instructions))
+        [expand(w, args) for w in words]
+        for _, words in pip_installs(final_stage(instructions))
         if any(w.startswith("torch==") or w.startswith("torch==$") for w in words)
     ]
     assert len(torch_installs) == 1, "the worker image must pin torch in one pip install"
     words = torch_installs[0]
     pins = {Requirement(w).name: Requirement(w) for w in words if "==" in w}
-    declared = {Requirement(d).name: Requirement(d) for d in pyproject["project"]["dependencies"]}
+    declared = {r.name: r for r in project_requirements(["worker"])}
     for name in TORCH_PACKAGES:
         assert name in pins, f"{name} is not pinned in the worker image"
         version = next(iter(pins[name].specifier)).version
         assert declared[name].specifier.contains(version), (
             f"the worker image's {name}=={version} is outside pyproject.toml's "
-            f"{declared[name].specifier}"
+            f"worker extra's {declared[name].specifier}"
         )
     # The index is named, so that a CUDA build is a deliberate choice.
     assert "--index-url" in words
@@ -175,10 +105,10 @@ def test_worker_image_installs_a_cuda_build_of_torch_in_pyprojects_range(pyproje
     assert index.startswith("https://")
 
 
-def test_worker_image_installs_torch_before_the_other_requirements():
-    installs = [words for _, words in _pip_installs(final_stage(read_dockerfile(WORKER)))]
+def test_worker_image_installs_torch_before_the_project():
+    installs = [words for _, words in pip_installs(final_stage(read_dockerfile(WORKER)))]
     torch_at = next(n for n, w in enumerate(installs) if any("torch==" in x for x in w))
-    others_at = next(n for n, w in enumerate(installs) if "-r" in w)
+    others_at = next(n for n, w in enumerate(installs) if any(project_extras(x) for x in w))
     assert torch_at < others_at
 
 
@@ -272,7 +202,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
         "service/__pycache__/main.cpython-311.pyc",
     ]:
         assert ignore.excludes(path), f".dockerignore lets {path} into the build context"
-    for path in ["pyproject.toml", "README.md", "service/main.py", "deploy/requirements-api.txt"]:
+    for path in ["pyproject.toml", "README.md", "service/main.py", "deploy/Dockerfile.api"]:
         assert not ignore.excludes(path), f".dockerignore leaves out {path}"
 
 
@@ -287,9 +217,8 @@ def test_dockerignore_rules_follow_dockers_order_and_negation():
 def test_a_dockerfile_that_installs_torch_is_caught():
     text = "FROM python:3.11-slim\nRUN pip install fastapi \\\n    torch==2.4.0\n"
     instructions = parse_dockerfile(text)
-    names = set()
-    for _, words in _pip_installs(instructions):
-        names |= _requirement_names([w for w in words if not w.startswith("-")])
+    assert [i.keyword for i in instructions] == ["FROM", "RUN"]
+    names = {Requirement(w).name for _, words in pip_installs(instructions) for w in words}
     assert "torch" in names
 
 
@@ -320,7 +249,7 @@ def test_worker_image_runs_the_torch_that_ci_tests_with():
     match = re.search(r"^TORCH_SPEC\s*\??=\s*(.+)$", makefile, re.MULTILINE)
     assert match, "Makefile no longer sets TORCH_SPEC: update this test with the new pin"
     tested = {Requirement(w).name: str(Requirement(w).specifier) for w in match.group(1).split()}
-    args = build_args(read_dockerfile(WORKER))
+    args = build_args(WORKER)
     image = {
         "torch": f"=={args['TORCH_VERSION']}",
         "torchvision": f"=={args['TORCHVISION_VERSION']}",

@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT, create_token, subprocess_env
 from tests.e2e.helpers import start_worker, wait_until
+from tunefleet.cli.demo import demo_spec
 from tunefleet.client import TuneFleetClient
-from tunefleet.demo import demo_spec
 
 pytestmark = pytest.mark.slow
 

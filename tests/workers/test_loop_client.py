@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from workers.client import Backoff, Interrupted, Rejected, ServiceClient, Unreachable
-from workers.client import retry_after_seconds as parse_retry_after
+from tunefleet.http import Backoff, Interrupted, Unreachable
+from workers.client import Rejected, ServiceClient
 
 COMPLETE = {"trial_id": 7, "number": 3, "state": "COMPLETE", "values": {"accuracy": 0.9}}
 
@@ -90,18 +90,3 @@ def test_stopping_cuts_a_backoff_wait_short():
     with pytest.raises(Interrupted):
         client.lease(worker_id="w", device="cpu")
     assert time.monotonic() - started < 2
-
-
-def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
-    backoff = Backoff(base_s=0.5, max_s=8)
-    for attempt, ceiling in [(0, 0.5), (1, 1), (2, 2), (3, 4), (4, 8), (10, 8), (100, 8)]:
-        delays = [backoff.delay(attempt) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert len(set(delays)) > 1
-
-
-def test_retry_after_takes_seconds_or_an_http_date():
-    assert parse_retry_after("5") == 5
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1

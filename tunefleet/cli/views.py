@@ -62,8 +62,12 @@ def studies_table(studies: list[dict]) -> Table:
     for study in studies:
         objectives = ", ".join(f"{o['metric']} ({o['direction'][:3]})" for o in study["objectives"])
         table.add_row(
-            str(study["id"]), study["name"], study["state"], str(study.get("priority", 0)),
-            objectives, str(study["created_at"])[:19].replace("T", " "),
+            str(study["id"]),
+            study["name"],
+            study["state"],
+            str(study.get("priority", 0)),
+            objectives,
+            str(study["created_at"])[:19].replace("T", " "),
         )
     return table
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
 
-from tunefleet.client import ApiError, TuneFleetClient
-from tunefleet.views import best_table, studies_table, summary_line, trials_table, watch_study
+from tunefleet.cli.errors import CliError
+from tunefleet.cli.specfile import read_spec
+from tunefleet.cli.views import best_table, studies_table, summary_line, trials_table, watch_study
+from tunefleet.client import AmbiguousFailure, ApiError, TuneFleetClient, Unreachable
 
 study_app = typer.Typer(help="Create, inspect and control studies.", no_args_is_help=True)
 out = Console(soft_wrap=True)
@@ -20,26 +20,25 @@ out = Console(soft_wrap=True)
 Service = Annotated[
     str,
     typer.Option(
-        "--service", envvar="TUNEFLEET_SERVICE_URL", help="URL of the TuneFleet API.",
+        "--service",
+        envvar="TUNEFLEET_SERVICE_URL",
+        help="URL of the TuneFleet API.",
     ),
 ]
 Token = Annotated[
     str,
-    typer.Option("--token", envvar="TUNEFLEET_TOKEN", help="A user or admin token.",
-                 show_default=False),
+    typer.Option(
+        "--token", envvar="TUNEFLEET_TOKEN", help="A user or admin token.", show_default=False
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON, for scripts.")]
 StudyRef = Annotated[str, typer.Argument(help="The study's name or id.")]
 DEFAULT_SERVICE = "http://127.0.0.1:8000"
 
 
-class ApiCommandError(Exception):
-    """Printed as one line by the CLI's entry point."""
-
-
 def _client(service: str, token: str) -> TuneFleetClient:
     if not token:
-        raise ApiCommandError(
+        raise CliError(
             "no token: pass --token or set TUNEFLEET_TOKEN "
             "(make one with `tunefleet token create --scope user --owner NAME`)"
         )
@@ -51,37 +50,29 @@ def _call(service: str, token: str, fn, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(client, *args, **kwargs)
         except ApiError as error:
-            raise ApiCommandError(_explain(error)) from None
+            raise CliError(_explain(error)) from None
+        except AmbiguousFailure as error:
+            raise CliError(
+                f"{error}; it may have taken effect: look before sending it again "
+                "(`tunefleet trials` or `tunefleet study show`)"
+            ) from None
+        except Unreachable as error:
+            raise CliError(
+                f"{error}; check --service (TUNEFLEET_SERVICE_URL) and that "
+                "`tunefleet serve` is running"
+            ) from None
 
 
 def _explain(error: ApiError) -> str:
     hint = {
         401: " (check --token / TUNEFLEET_TOKEN)",
         403: " (this token's scope may not do that)",
-    }.get(error.status, "")
+    }.get(error.status_code, "")
     return f"{error}{hint}"
 
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def _read_spec(path: str) -> dict:
-    from tunefleet.spec import SpecError, StudySpec
-
-    text = sys.stdin.read() if path == "-" else _read_file(path)
-    try:
-        spec = StudySpec.from_text(text)
-    except SpecError as error:
-        raise ApiCommandError(f"{path}: {error}") from None
-    return spec.model_dump(mode="json", exclude_none=True)
-
-
-def _read_file(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as error:
-        raise ApiCommandError(f"cannot read {path}: {error.strerror}") from None
 
 
 @study_app.command("create")
@@ -92,7 +83,7 @@ def create(
     as_json: AsJson = False,
 ) -> None:
     """Create a study from a spec file (validated here first, then by the service)."""
-    spec = _read_spec(file)
+    spec = read_spec(file)
     study = _call(service, token, TuneFleetClient.create_study, spec)
     if as_json:
         _print_json(study)
@@ -110,8 +101,9 @@ def list_studies(
     as_json: AsJson = False,
 ) -> None:
     """List your studies."""
-    page = _call(service, token, TuneFleetClient.list_studies, state=state, limit=limit,
-                 offset=offset)
+    page = _call(
+        service, token, TuneFleetClient.list_studies, state=state, limit=limit, offset=offset
+    )
     if as_json:
         _print_json(page)
         return
@@ -134,7 +126,9 @@ def show(
 
 def _control(action: str):
     def command(
-        study: StudyRef, service: Service = DEFAULT_SERVICE, token: Token = "",
+        study: StudyRef,
+        service: Service = DEFAULT_SERVICE,
+        token: Token = "",
         as_json: AsJson = False,
     ) -> None:
         data = _call(service, token, TuneFleetClient.control, study, action)
@@ -196,7 +190,7 @@ def enqueue(
     for item in param:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise ApiCommandError(f"--param {item!r}: write it as name=value, e.g. lr=0.01")
+            raise CliError(f"--param {item!r}: write it as name=value, e.g. lr=0.01")
         params[name] = yaml.safe_load(value)
     data = _call(service, token, TuneFleetClient.enqueue, study, params)
     if as_json:

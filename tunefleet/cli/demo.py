@@ -13,12 +13,16 @@ import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
+from tunefleet.cli.errors import service_errors
+from tunefleet.cli.fleet import LocalFleet
+from tunefleet.cli.server import DatabaseUrl
+from tunefleet.cli.views import best_table, counts_of, watch_study
 from tunefleet.client import TuneFleetClient
-from tunefleet.fleet import LocalFleet
-from tunefleet.views import best_table, counts_of, watch_study
 
 
 def demo_spec(*, name: str, trials: int, epochs: int, seed: int) -> dict:
@@ -44,10 +48,37 @@ def demo_spec(*, name: str, trials: int, epochs: int, seed: int) -> dict:
             "corruptions": ["blur", "contrast"],
         },
         "sampler": {"type": "tpe", "seed": seed},
-        "budget": {"max_trials": trials, "epochs": epochs, "trial_timeout_s": 600,
-                   "max_retries": 1},
+        "budget": {
+            "max_trials": trials,
+            "epochs": epochs,
+            "trial_timeout_s": 600,
+            "max_retries": 1,
+        },
         "seed": seed,
     }
+
+
+def demo(
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the demo study.")] = 24,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs per trial.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and the training.")] = 0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the demo keeps its files [TUNEFLEET_DATA_DIR].")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run the built-in study end to end: API, workers, live progress, Pareto front."""
+    with service_errors():
+        run_demo(
+            Console(),
+            trials=trials,
+            epochs=epochs,
+            workers=workers,
+            data_dir=data_dir,
+            database_url=database_url,
+            seed=seed,
+        )
 
 
 def _raise_interrupt(_sig, _frame) -> None:
@@ -115,14 +146,17 @@ def run_demo(
             api_url = fleet.start_api()
             for index in range(workers):
                 fleet.start_worker(index, worker_token, "--device", "cpu")
-        console.print(f"[bold]API[/bold] {api_url}  [bold]workers[/bold] {workers} "
-                      f"(logs in {fleet.log_dir})")
+        console.print(
+            f"[bold]API[/bold] {api_url}  [bold]workers[/bold] {workers} (logs in {fleet.log_dir})"
+        )
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         spec = demo_spec(name=f"digits-demo-{stamp}", trials=trials, epochs=epochs, seed=seed)
         with TuneFleetClient(api_url, user_token) as client:
             created = client.create_study(spec)
-            console.print(f"[bold]study[/bold] {created['name']} (id {created['id']}): "
-                          f"{trials} trials of {epochs} epochs")
+            console.print(
+                f"[bold]study[/bold] {created['name']} (id {created['id']}): "
+                f"{trials} trials of {epochs} epochs"
+            )
 
             def check_workers() -> None:
                 if fleet.workers_alive() == 0:

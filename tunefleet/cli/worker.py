@@ -1,0 +1,52 @@
+"""`tunefleet worker`: one worker process. Imports ``workers`` only, never the service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def worker(
+    service: Annotated[
+        str | None, typer.Option(help="URL of the TuneFleet API [TUNEFLEET_SERVICE_URL].")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="A worker-scope token [TUNEFLEET_TOKEN].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda:N or cpu; default auto [TUNEFLEET_DEVICE].")
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option(min=1, help="Exit after this many trials [TUNEFLEET_MAX_TRIALS].")
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(help="Exit after this many seconds without work [TUNEFLEET_IDLE_EXIT_S]."),
+    ] = None,
+    worker_id: Annotated[
+        str | None, typer.Option(help="Default hostname-pid-device [TUNEFLEET_WORKER_ID].")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(hidden=True, help="module:function run instead of the trial engine (tests)."),
+    ] = None,
+) -> None:
+    """Run one worker: lease trials, fine-tune, report. One process per GPU.
+
+    A first SIGTERM/SIGINT finishes the current trial and exits; a second one
+    hands the trial back (it is re-queued) and exits at once.
+    """
+    from workers.loop import run_worker_command
+
+    code = run_worker_command(
+        service_url=service,
+        token=token,
+        device=device,
+        max_trials=max_trials,
+        idle_exit_s=idle_exit,
+        worker_id=worker_id,
+        objective=objective,
+    )
+    if code:
+        raise typer.Exit(code)
