@@ -172,7 +172,7 @@ def main() -> None:
             "sizes": sizes,
             "samples_per_size": samples,
             "warmup_cycles": WARMUP_CYCLES,
-            "sampler": "TPESampler built by service.optuna_bridge.build_sampler, seed 0",
+            "sampler": "TPESampler built by service.search.build_sampler, seed 0",
             "client": "one httpx.Client (keep-alive), sequential calls",
             "api_processes": 1,
             "search_space": quadratic.SEARCH_SPACE,

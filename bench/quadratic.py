@@ -2,7 +2,7 @@
 a quadratic objective, so that every second measured is the search's own cost.
 
 The service gets `spec(...)`; the Optuna baseline builds its sampler and
-distributions from the same spec through the service's own bridge, so both
+distributions from the same spec through the service's own service/search.py, so both
 sides run the same sampler with the same options over the same space.
 """
 
@@ -47,7 +47,7 @@ def objective(params: dict[str, Any]) -> float:
 
 def optuna_parts(study_spec: dict[str, Any]):
     """The sampler and distributions the service builds for this spec."""
-    from service.optuna_bridge import build_sampler, distributions
+    from service.search import build_sampler, distributions
     from tunefleet.spec import StudySpec
 
     parsed = StudySpec.model_validate(study_spec)

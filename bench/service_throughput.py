@@ -234,7 +234,7 @@ def main() -> None:
             "api_processes": api_workers,
             "worker_kind": "processes (multiprocessing, fork), one httpx client each",
             "baseline": "N processes, RDBStorage each, ask/tell on one shared study",
-            "sampler": "TPESampler built by service.optuna_bridge.build_sampler, seed null",
+            "sampler": "TPESampler built by service.search.build_sampler, seed null",
             "search_space": quadratic.SEARCH_SPACE,
         },
         "runs": runs,

@@ -76,10 +76,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
     def ensure_dirs(self) -> None:
         """Create the directories the embedded defaults write to."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

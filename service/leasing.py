@@ -1,37 +1,50 @@
-"""What happens to a leased trial: heartbeats, intermediate values, the end.
+"""The worker protocol's five calls: lease a trial, heartbeat, report an
+intermediate value, complete, fail.
 
-Every call locks the lease's row first (``SELECT ... FOR UPDATE``), so a
-complete racing the reaper is decided once: whichever comes second sees the
-lease settled. Each answer that ends a lease is kept on it (``outcome``), so
-that the same call again gets the same answer and a different one a 409.
+Fair share: among running studies with work left, a lease goes to the study
+with the least load per unit of weight (``priority + 1``), the load being its
+running trials plus those it was handed in the last minute; two studies of
+priority 3 and 0 share the workers about 4:1.
+
+Atomicity: the budget check and the ask run while this process holds the
+study's lock and the database holds the study's row lock (``SELECT ... FOR
+UPDATE``), so neither 16 concurrent leases nor several API processes ask past
+``max_trials``. Optuna itself claims a WAITING trial with a row lock, and the
+lease's primary key is the trial id, so two workers never hold one trial.
+
+Every call after the lease locks the lease's row first, so a complete racing
+the reaper is decided once: whichever comes second sees the lease settled.
+Each answer that ends a lease is kept on it (``outcome``), so that the same
+call again gets the same answer and a different one a 409.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from datetime import timedelta
 
-import optuna
+import sqlalchemy as sa
+from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
+from service._optuna_internals import trial_id_of
+from service.budget import fail_and_requeue, lease_worker_attrs, settle_study, study_budget
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
-from service.models import Lease, StudyRecord
-from service.optuna_bridge import (
+from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
+from service.study_cache import LoadedStudy, study_of
+from service.trial_lifecycle import (
+    ask_leased_trial,
     complete_leased_trial,
     fail_leased_trial,
     get_frozen_trial,
     record_intermediate,
     set_trial_progress,
 )
-from service.scheduling import (
-    fail_and_requeue,
-    lease_worker_attrs,
-    settle_study,
-    study_of,
-    utcnow,
-)
 from tunefleet.protocol import (
+    Assignment,
     HeartbeatAck,
     Progress,
     TrialCompletion,
@@ -39,9 +52,155 @@ from tunefleet.protocol import (
     TrialOutcome,
 )
 
-__all__ = ["complete_trial", "fail_trial", "heartbeat", "report_intermediate"]
+__all__ = ["complete_trial", "fail_trial", "heartbeat", "lease_trial", "report_intermediate"]
 
-_STOPPING_STUDY_STATES = ("paused", "stopped")
+log = logging.getLogger(__name__)
+
+# How far back the leases handed out count towards a study's share.
+FAIR_SHARE_WINDOW_S = 60.0
+_STOPPING_STUDY_STATES = (StudyState.PAUSED, StudyState.STOPPED)
+
+
+def _assignment(lease: Lease, record: StudyRecord, params: dict, settings: Settings) -> Assignment:
+    return Assignment(
+        trial_id=lease.trial_id,
+        study_id=lease.study_id,
+        number=lease.number,
+        params=params,
+        spec=record.spec,
+        lease_expires_at=lease.expires_at,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
+
+
+# Leasing -------------------------------------------------------------------
+
+
+def lease_trial(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    settings: Settings,
+    worker_id: str,
+    device: str,
+) -> Assignment | None:
+    """A trial for this worker: the one it already holds, else one of the study whose
+    turn it is; None when no running study has work. Commits as it goes."""
+    held = session.scalars(
+        sa.select(Lease)
+        .where(Lease.worker_id == worker_id, Lease.state == LeaseState.ACTIVE)
+        .order_by(Lease.leased_at.desc())
+        .limit(1)
+        .with_for_update()
+    ).first()
+    if held is not None:
+        # The answer to an earlier lease was lost: the same lease again.
+        now = utcnow()
+        held.heartbeat_at = now
+        held.expires_at = now + timedelta(seconds=settings.grace_period_s)
+        record = session.get_one(StudyRecord, held.study_id)
+        params = get_frozen_trial(storage, held.trial_id).params
+        session.commit()
+        return _assignment(held, record, params, settings)
+    for record in _studies_in_turn(session):
+        try:
+            entry = study_of(storage, record)
+        except KeyError:  # its Optuna study was deleted behind TuneFleet's back
+            log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
+            continue
+        assignment = _lease_from_study(
+            session,
+            storage=storage,
+            settings=settings,
+            study_id=record.id,
+            entry=entry,
+            worker_id=worker_id,
+            device=device,
+        )
+        if assignment is not None:
+            return assignment
+    return None
+
+
+def _studies_in_turn(session: Session) -> list[StudyRecord]:
+    """Running studies, the one furthest below its fair share first.
+
+    A study's load is its running trials plus the trials it was handed in the
+    last minute, per unit of weight (priority + 1): with long trials the
+    running ones decide, with short ones (many leases a minute) the rate does,
+    so both end up shared in proportion to the weights.
+    """
+    since = utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW_S)
+    active = sa.func.count(Lease.trial_id).filter(Lease.state == LeaseState.ACTIVE)
+    recent = sa.func.count(Lease.trial_id).filter(Lease.leased_at > since)
+    rows = session.execute(
+        sa.select(StudyRecord, active, recent)
+        .outerjoin(Lease, Lease.study_id == StudyRecord.id)
+        # A study whose Optuna study is still being created has no trials to give.
+        .where(StudyRecord.state == StudyState.RUNNING, StudyRecord.optuna_study_id.is_not(None))
+        .group_by(StudyRecord.id)
+    ).all()
+
+    def turn(row) -> tuple[float, float, int]:
+        record, running, handed_out = row
+        weight = max(record.priority, 0) + 1
+        return ((running + handed_out) / weight, running / weight, record.id)
+
+    return [row[0] for row in sorted(rows, key=turn)]
+
+
+def _lease_from_study(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    settings: Settings,
+    study_id: int,
+    entry: LoadedStudy,
+    worker_id: str,
+    device: str,
+) -> Assignment | None:
+    # End the transaction (and give the connection back) before waiting for the
+    # study: a thread that waits holds no connection and no row lock.
+    session.commit()
+    with entry.lock:
+        record = session.scalars(
+            sa.select(StudyRecord).where(StudyRecord.id == study_id).with_for_update()
+        ).one_or_none()
+        if record is None or record.state != StudyState.RUNNING:
+            session.commit()
+            return None
+        budget = study_budget(record)
+        # One read of the study serves the budget check and the sampler.
+        trials = entry.trials()
+        counts = Counter(t.state.name for t in trials)
+        used = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
+        started = used + counts["FAIL"]
+        if used >= budget.max_trials or (
+            started >= budget.attempts_cap() and counts["WAITING"] == 0
+        ):
+            if counts["RUNNING"] == 0:
+                record.state = StudyState.COMPLETED
+            session.commit()
+            return None
+        trial = ask_leased_trial(entry, trials)
+        now = utcnow()
+        lease = Lease(
+            trial_id=trial_id_of(trial),
+            study_id=record.id,
+            number=trial.number,
+            worker_id=worker_id,
+            device=device,
+            state=LeaseState.ACTIVE,
+            leased_at=now,
+            heartbeat_at=now,
+            expires_at=now + timedelta(seconds=settings.grace_period_s),
+        )
+        session.add(lease)
+        session.commit()
+        return _assignment(lease, record, trial.params, settings)
+
+
+# The calls on a leased trial ------------------------------------------------
 
 
 def _locked_lease(session: Session, trial_id: int) -> Lease:
@@ -79,7 +238,7 @@ def _outcome(lease: Lease) -> TrialOutcome:
 def heartbeat(
     session: Session,
     *,
-    storage: optuna.storages.BaseStorage,
+    storage: BaseStorage,
     settings: Settings,
     trial_id: int,
     progress: Progress | None = None,
@@ -87,7 +246,7 @@ def heartbeat(
     """Extend the lease; say stop when the study is paused or stopped or the lease is gone."""
     progress_dict = progress.model_dump(exclude_none=True) if progress else None
     lease = _locked_lease(session, trial_id)
-    if lease.state != "active":
+    if lease.state != LeaseState.ACTIVE:
         return HeartbeatAck(stop=True, reason=f"the lease is {lease.state}")
     now = utcnow()
     lease.heartbeat_at = now
@@ -110,22 +269,22 @@ def heartbeat(
 def report_intermediate(
     session: Session,
     *,
-    storage: optuna.storages.BaseStorage,
+    storage: BaseStorage,
     trial_id: int,
     step: int,
     value: float,
 ) -> bool:
     """Record a validation value; True when the pruner stopped the trial (now PRUNED)."""
     lease = _locked_lease(session, trial_id)
-    if lease.state not in ("active", "pruned"):
+    if lease.state not in (LeaseState.ACTIVE, LeaseState.PRUNED):
         raise _lease_gone(lease)
     record = session.get_one(StudyRecord, lease.study_id)
     prune = record_intermediate(
         study_of(storage, record), trial_id=trial_id, step=step, value=value
     )
-    pruned_now = prune and lease.state == "active"
+    pruned_now = prune and lease.state == LeaseState.ACTIVE
     if pruned_now:
-        lease.state = "pruned"
+        lease.state = LeaseState.PRUNED
         lease.finished_at = utcnow()
         lease.outcome = {"state": "PRUNED", "reason": f"pruned at step {step}"}
     session.commit()
@@ -142,7 +301,7 @@ def _fingerprint(values: dict[str, float]) -> dict[str, str]:
 def complete_trial(
     session: Session,
     *,
-    storage: optuna.storages.BaseStorage,
+    storage: BaseStorage,
     trial_id: int,
     completion: TrialCompletion,
 ) -> TrialOutcome:
@@ -161,7 +320,7 @@ def complete_trial(
         )
     fingerprint = _fingerprint(completion.values)
     values = [float(completion.values[m]) for m in metrics]
-    if lease.state != "active":
+    if lease.state != LeaseState.ACTIVE:
         if (lease.outcome or {}).get("request") == fingerprint:
             return _outcome(lease)  # the same call again: the same answer
         trial = get_frozen_trial(storage, trial_id)
@@ -174,7 +333,7 @@ def complete_trial(
                 state="COMPLETE",
                 values=dict(zip(metrics, values, strict=True)),
             )
-        if lease.state == "completed":
+        if lease.state == LeaseState.COMPLETED:
             raise Conflict(
                 f"trial {lease.number} was already completed with values "
                 f"{lease.outcome['values']}; values cannot be changed"
@@ -186,11 +345,11 @@ def complete_trial(
         trial, _ = fail_leased_trial(
             storage,
             trial_id=trial_id,
-            optuna_study_id=study_of(storage, record).study._study_id,
+            optuna_study_id=study_of(storage, record).optuna_study_id,
             reason=reason,
             worker=lease_worker_attrs(lease),
         )
-        lease.state = "failed"
+        lease.state = LeaseState.FAILED
         lease.outcome = {"state": trial.state.name, "reason": reason, "request": fingerprint}
     else:
         complete_leased_trial(
@@ -201,7 +360,7 @@ def complete_trial(
             artifact=completion.artifact,
             worker=lease_worker_attrs(lease),
         )
-        lease.state = "completed"
+        lease.state = LeaseState.COMPLETED
         lease.outcome = {
             "state": "COMPLETE",
             "values": dict(zip(metrics, values, strict=True)),
@@ -217,16 +376,16 @@ def complete_trial(
 def fail_trial(
     session: Session,
     *,
-    storage: optuna.storages.BaseStorage,
+    storage: BaseStorage,
     trial_id: int,
     failure: TrialFailure,
 ) -> TrialOutcome:
     """Fail the trial with the worker's reason; re-queue it when the worker let go of it."""
     requeue = failure.wants_requeue()
     lease = _locked_lease(session, trial_id)
-    if lease.state != "active":
+    if lease.state != LeaseState.ACTIVE:
         if (
-            lease.state in ("failed", "released")
+            lease.state in (LeaseState.FAILED, LeaseState.RELEASED)
             and (lease.outcome or {}).get("reason") == failure.reason
         ):
             return _outcome(lease)
@@ -235,7 +394,7 @@ def fail_trial(
     lease.outcome = fail_and_requeue(
         storage=storage, record=record, lease=lease, reason=failure.reason, requeue=requeue
     )
-    lease.state = "released" if requeue else "failed"
+    lease.state = LeaseState.RELEASED if requeue else LeaseState.FAILED
     lease.finished_at = utcnow()
     answer = _outcome(lease)
     session.commit()

@@ -14,7 +14,7 @@ from service.api.requests import install_request_checks
 from service.config import Settings, load_settings
 from service.db import engine_kwargs, make_engine
 from service.metrics import install_metrics
-from service.scheduling import Reaper
+from service.reaper import Reaper
 from tunefleet import __version__
 
 

@@ -29,8 +29,8 @@ from prometheus_client.exposition import generate_latest
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import optuna_bridge as bridge
 from service.models import STUDY_STATES, StudyRecord
+from service.optuna_store import trial_state_totals
 
 __all__ = ["install_metrics"]
 
@@ -64,7 +64,7 @@ class StateCollector:
                 query = sa.select(StudyRecord.state, sa.func.count()).group_by(StudyRecord.state)
                 for state, n in conn.execute(query):
                     studies[state] = n
-            trials = bridge.trial_state_totals(self.storage)
+            trials = trial_state_totals(self.storage)
         except Exception as error:  # a scrape must not fail because the database did
             log.warning("metrics: database unreachable: %s", error)
             return {}, {}, False

@@ -7,11 +7,10 @@ of the unprefixed names in the same database, and its own ``alembic_version``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from migrations import TABLE_PREFIX  # noqa: F401 - re-exported
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -57,7 +56,44 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-STUDY_STATES = ("running", "paused", "stopped", "completed")
+class StudyState(StrEnum):
+    """The state of a study: running, paused, stopped or completed."""
+
+    RUNNING = "running"  # leases hand out its trials
+    PAUSED = "paused"  # no new trials; running ones are told to stop
+    STOPPED = "stopped"  # for good: nothing runs or is re-queued
+    COMPLETED = "completed"  # its budget is used up and nothing runs
+
+
+class LeaseState(StrEnum):
+    """The state of a lease: active until it ends one of five ways."""
+
+    ACTIVE = "active"  # a worker holds the trial
+    COMPLETED = "completed"  # the worker told its values
+    PRUNED = "pruned"  # the pruner stopped it
+    FAILED = "failed"  # the worker reported a failure
+    RELEASED = "released"  # the worker let go of it (re-queued)
+    EXPIRED = "expired"  # reaped: no heartbeat, past its time limit, or never recorded
+
+
+class StateColumn(sa.TypeDecorator):
+    """A StrEnum stored as its value in a short string column; reads back as the enum."""
+
+    impl = sa.String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
+STUDY_STATES = tuple(s.value for s in StudyState)
 TOKEN_SCOPES = ("admin", "user", "worker")
 
 
@@ -74,7 +110,7 @@ class StudyRecord(Base):
     owner: Mapped[str] = mapped_column(sa.String(64), index=True)
     name: Mapped[str] = mapped_column(sa.String(64))
     spec: Mapped[dict] = mapped_column(sa.JSON)
-    state: Mapped[str] = mapped_column(sa.String(16), default="running")
+    state: Mapped[StudyState] = mapped_column(StateColumn(StudyState), default=StudyState.RUNNING)
     priority: Mapped[int] = mapped_column(default=0)
     optuna_study_name: Mapped[str] = mapped_column(sa.String(512), unique=True)
     optuna_study_id: Mapped[int | None] = mapped_column(default=None)
@@ -98,7 +134,7 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-LEASE_STATES = ("active", "completed", "pruned", "failed", "released", "expired")
+LEASE_STATES = tuple(s.value for s in LeaseState)
 
 
 class Lease(Base):
@@ -121,8 +157,7 @@ class Lease(Base):
     number: Mapped[int] = mapped_column()
     worker_id: Mapped[str] = mapped_column(sa.String(200))
     device: Mapped[str] = mapped_column(sa.String(64))
-    # active -> completed | pruned | failed (reported) | released (handed back) | expired (reaped)
-    state: Mapped[str] = mapped_column(sa.String(16), default="active")
+    state: Mapped[LeaseState] = mapped_column(StateColumn(LeaseState), default=LeaseState.ACTIVE)
     leased_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()

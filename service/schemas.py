@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.models import LeaseState, StudyState
 from tunefleet.spec import ParamValue, StudySpec
 
-StudyState = Literal["running", "paused", "stopped", "completed"]
 TrialStateName = Literal["running", "waiting", "complete", "pruned", "fail"]
 StudyAction = Literal["pause", "resume", "stop"]
 
@@ -33,7 +33,7 @@ class LeasePublic(_Out):
 
     worker_id: str = Field(description="Worker that holds (or held) the trial.")
     device: str = Field(description="Device it runs on, e.g. cuda:0.")
-    state: str = Field(description="active, completed, pruned, failed, released or expired.")
+    state: LeaseState = Field(description="active, completed, pruned, failed, released or expired.")
     heartbeat_at: datetime = Field(description="Last heartbeat.")
     expires_at: datetime = Field(description="The lease is reaped after this without heartbeat.")
     progress: dict[str, Any] | None = Field(None, description="Last progress the worker sent.")

@@ -16,18 +16,19 @@ from optuna.storages import BaseStorage
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import optuna_bridge as bridge
+from service import optuna_store
 from service.auth import Principal
 from service.errors import Conflict, NotFound
-from service.models import StudyRecord
+from service.models import StudyRecord, StudyState
 from service.schemas import (
     ObjectivePublic,
     StudiesPublic,
     StudyAction,
     StudyDetail,
     StudyPublic,
-    StudyState,
 )
+from service.search import check_server_support
+from service.study_cache import forget_loaded_study
 from service.trials import trial_public
 from tunefleet.spec import StudySpec
 
@@ -46,10 +47,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # action -> (states it applies to, resulting state); the target state itself is a no-op.
-TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "pause": (("running",), "paused"),
-    "resume": (("paused",), "running"),
-    "stop": (("running", "paused", "completed"), "stopped"),
+TRANSITIONS: dict[str, tuple[tuple[StudyState, ...], StudyState]] = {
+    "pause": ((StudyState.RUNNING,), StudyState.PAUSED),
+    "resume": ((StudyState.PAUSED,), StudyState.RUNNING),
+    "stop": ((StudyState.RUNNING, StudyState.PAUSED, StudyState.COMPLETED), StudyState.STOPPED),
 }
 
 
@@ -62,7 +63,7 @@ def create_study(
     session: Session, storage: BaseStorage, *, owner: str, spec: StudySpec
 ) -> StudyDetail:
     """Create a study and its Optuna study; Conflict if the owner has one of that name."""
-    bridge.check_server_support(spec)
+    check_server_support(spec)
     # Our row is committed before Optuna writes and completed after, so no
     # transaction of ours holds a write lock while Optuna's engine writes
     # (SQLite, the demo's database, has a single writer). Until its Optuna study
@@ -71,7 +72,7 @@ def create_study(
         owner=owner,
         name=spec.name,
         spec=spec.model_dump(mode="json"),
-        state="paused",
+        state=StudyState.PAUSED,
         priority=spec.priority,
         optuna_study_name=optuna_study_name(owner=owner, name=spec.name),
     )
@@ -85,7 +86,7 @@ def create_study(
             path=["name"],
         ) from None
     try:
-        record.optuna_study_id = bridge.create_optuna_study(
+        record.optuna_study_id = optuna_store.create_optuna_study(
             storage, name=record.optuna_study_name, spec=spec, study_key=record.id
         )
     except Exception:
@@ -93,7 +94,7 @@ def create_study(
         session.delete(record)
         session.commit()
         raise
-    record.state = "running"
+    record.state = StudyState.RUNNING
     session.commit()
     return study_detail(session, storage, record=record)
 
@@ -159,7 +160,9 @@ def change_study_state(
     allowed_from, target = TRANSITIONS[action]
     if record.state != target:
         if record.state not in allowed_from:
-            hint = "; create a new study to search again" if record.state == "stopped" else ""
+            hint = (
+                "; create a new study to search again" if record.state == StudyState.STOPPED else ""
+            )
             raise Conflict(f"cannot {action} a study that is {record.state}{hint}")
         record.state = target
         session.flush()
@@ -174,10 +177,10 @@ def delete_study(
     optuna_id = record.optuna_study_id
     session.delete(record)
     session.commit()
-    bridge.forget_loaded_study(study_id)
+    forget_loaded_study(study_id)
     if optuna_id is not None:
         try:
-            bridge.delete_optuna_study(storage, optuna_study_id=optuna_id)
+            optuna_store.delete_optuna_study(storage, optuna_study_id=optuna_id)
         except Exception:
             # Our row is gone; an unused Optuna study is replaced on the next create.
             log.exception("could not delete Optuna study %s", optuna_id)
@@ -188,7 +191,7 @@ def study_public(record: StudyRecord) -> StudyPublic:
         id=record.id,
         name=record.name,
         owner=record.owner,
-        state=record.state,  # type: ignore[arg-type]
+        state=record.state,
         priority=record.priority,
         objectives=[ObjectivePublic(**o) for o in record.spec.get("objectives", [])],
         optuna_study_name=record.optuna_study_name,
@@ -204,11 +207,11 @@ def study_spec(record: StudyRecord) -> StudySpec:
 def study_detail(session: Session, storage: BaseStorage, *, record: StudyRecord) -> StudyDetail:
     """Spec, state, trial counts per state and the best trial or Pareto front."""
     spec = study_spec(record)
-    counts = dict.fromkeys(bridge.TRIAL_STATES, 0)
+    counts = dict.fromkeys(optuna_store.TRIAL_STATES, 0)
     best = []
     if record.optuna_study_id is not None:
-        counts = bridge.trial_state_counts(storage, optuna_study_id=record.optuna_study_id)
-        best = bridge.best_trials(storage, optuna_study_id=record.optuna_study_id)
+        counts = optuna_store.trial_state_counts(storage, optuna_study_id=record.optuna_study_id)
+        best = optuna_store.best_trials(storage, optuna_study_id=record.optuna_study_id)
     return StudyDetail(
         **study_public(record).model_dump(),
         spec=spec,

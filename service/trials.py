@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -9,16 +10,15 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session
 
-from service import optuna_bridge as bridge
+from service import optuna_store
+from service._optuna_internals import trial_id_of
 from service.errors import Conflict, InvalidSpec
-from service.models import Lease, StudyRecord
+from service.models import Lease, StudyRecord, StudyState
 from service.schemas import LeasePublic, TrialDetail, TrialPublic, TrialsPublic, TrialStateName
+from service.trial_lifecycle import ATTR_ARTIFACT, ATTR_FAIL_REASON
 from tunefleet.spec import SpecError, StudySpec, validate_params
 
 __all__ = ["enqueue_trial", "list_trials", "show_trial", "trial_detail", "trial_public"]
-
-ARTIFACT_ATTR = "artifact"
-FAIL_REASON_ATTRS = ("fail_reason", "tunefleet:fail_reason")
 
 
 def _spec(record: StudyRecord) -> StudySpec:
@@ -51,21 +51,21 @@ def list_trials(
     objective: int | None = None
     descending = order == "desc"
     if order_by not in (None, "number"):
-        objective = bridge.objective_index(spec, order_by)
+        objective = objective_index(spec, order_by)
         if order is None:
             descending = spec.objectives[objective].direction == "maximize"
-    page = bridge.list_trials(
+    page = optuna_store.list_trials(
         storage,
         optuna_study_id=_optuna_id(record),
-        states=[bridge.TRIAL_STATES[s] for s in states] if states else None,
+        states=[optuna_store.TRIAL_STATES[s] for s in states] if states else None,
         order_by=objective,
         descending=descending,
         limit=limit,
         offset=offset,
     )
-    leases = _leases(session, [t._trial_id for t in page.trials])
+    leases = _leases(session, [trial_id_of(t) for t in page.trials])
     return TrialsPublic(
-        data=[trial_public(t, spec=spec, lease=leases.get(t._trial_id)) for t in page.trials],
+        data=[trial_public(t, spec=spec, lease=leases.get(trial_id_of(t))) for t in page.trials],
         count=page.count,
     )
 
@@ -74,8 +74,10 @@ def show_trial(
     session: Session, storage: BaseStorage, *, record: StudyRecord, number: int
 ) -> TrialDetail:
     """Trial `number` of the study in full."""
-    trial = bridge.get_trial_by_number(storage, optuna_study_id=_optuna_id(record), number=number)
-    lease = _leases(session, [trial._trial_id]).get(trial._trial_id)
+    trial = optuna_store.get_trial_by_number(
+        storage, optuna_study_id=_optuna_id(record), number=number
+    )
+    lease = _leases(session, [trial_id_of(trial)]).get(trial_id_of(trial))
     return trial_detail(trial, spec=_spec(record), lease=lease)
 
 
@@ -83,14 +85,14 @@ def enqueue_trial(
     session: Session, storage: BaseStorage, *, record: StudyRecord, params: dict[str, Any]
 ) -> TrialDetail:
     """Queue a trial with these parameters (checked against the search space)."""
-    if record.state in ("stopped", "completed"):
+    if record.state in (StudyState.STOPPED, StudyState.COMPLETED):
         raise Conflict(f"the study is {record.state}: no new trials can run in it")
     spec = _spec(record)
     try:
         params = validate_params(spec, params)
     except SpecError as error:
         raise InvalidSpec(str(error), path=error.errors[0]["path"].split(".")) from None
-    trial = bridge.enqueue_trial(storage, optuna_study_id=_optuna_id(record), params=params)
+    trial = optuna_store.enqueue_trial(storage, optuna_study_id=_optuna_id(record), params=params)
     return trial_detail(trial, spec=spec, lease=None)
 
 
@@ -106,14 +108,11 @@ def trial_public(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None = N
 
 
 def trial_detail(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> TrialDetail:
-    reason = next(
-        (trial.user_attrs[k] for k in FAIL_REASON_ATTRS if k in trial.user_attrs),
-        trial.system_attrs.get("fail_reason"),
-    )
+    reason = trial.user_attrs.get(ATTR_FAIL_REASON)
     return TrialDetail(
         **_common(trial, spec=spec, lease=lease),
         intermediate_values={
-            step: bridge.finite_or_none(v) for step, v in sorted(trial.intermediate_values.items())
+            step: finite_or_none(v) for step, v in sorted(trial.intermediate_values.items())
         },
         user_attrs=_json_safe(trial.user_attrs),
         fail_reason=str(reason) if reason is not None else None,
@@ -124,18 +123,18 @@ def _common(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> dict
     values = None
     if trial.values is not None:
         values = {
-            metric: bridge.finite_or_none(v)
+            metric: finite_or_none(v)
             for metric, v in zip(spec.metric_names, trial.values, strict=False)
         }
     duration = None
     if trial.datetime_start is not None and trial.datetime_complete is not None:
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    artifact = trial.user_attrs.get(ARTIFACT_ATTR)
+    artifact = trial.user_attrs.get(ATTR_ARTIFACT)
     return {
-        "trial_id": trial._trial_id,
+        "trial_id": trial_id_of(trial),
         "number": trial.number,
         "state": trial.state.name.lower(),
-        "params": bridge.trial_params(trial),
+        "params": trial_params(trial),
         "values": values,
         "datetime_start": trial.datetime_start,
         "datetime_complete": trial.datetime_complete,
@@ -149,9 +148,35 @@ def _common(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> dict
 def _json_safe(value: Any) -> Any:
     """User attributes may hold NaN or infinity, which JSON cannot carry: shown as null."""
     if isinstance(value, float):
-        return bridge.finite_or_none(value)
+        return finite_or_none(value)
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
+    return value
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters of a trial; for a waiting one, those it was enqueued with."""
+    if trial.params:
+        return dict(trial.params)
+    return dict(trial.system_attrs.get("fixed_params") or {})
+
+
+def objective_index(spec: StudySpec, metric: str) -> int:
+    """Position of a metric among the spec's objectives (InvalidSpec for another name)."""
+    try:
+        return spec.metric_names.index(metric)
+    except ValueError:
+        raise InvalidSpec(
+            "order_by must be number or one of this study's metrics: "
+            + ", ".join(spec.metric_names),
+            path=["query", "order_by"],
+        ) from None
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: such values are shown as null."""
+    if value is None or not math.isfinite(value):
+        return None
     return value

@@ -84,7 +84,7 @@ class FleetEnv:
         """A running study, made the way the study API makes one; returns its id."""
         from service.db import session_scope
         from service.models import StudyRecord
-        from service.optuna_bridge import create_optuna_study
+        from service.optuna_store import create_optuna_study
         from tunefleet.spec import StudySpec
 
         spec = StudySpec.model_validate(study_spec(name, priority=priority, **overrides))
@@ -120,7 +120,7 @@ class FleetEnv:
             ).scalar_one()
 
     def enqueue(self, study_id: int, params: dict) -> FrozenTrial:
-        from service.optuna_bridge import enqueue_trial
+        from service.optuna_store import enqueue_trial
 
         return enqueue_trial(self.storage, optuna_study_id=self._optuna_id(study_id), params=params)
 

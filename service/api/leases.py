@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path, Response, status
 
 from service import leasing
 from service.deps import CurrentWorker, SessionDep, SettingsDep, StorageDep
-from service.scheduling import lease_trial
 from tunefleet.protocol import (
     API_PREFIX,
     Assignment,
@@ -42,7 +41,7 @@ def create_lease(
     _worker: CurrentWorker,
 ) -> Assignment | Response:
     """Lease a trial of a running study (fair share by priority), or 204 when there is none."""
-    assignment = lease_trial(
+    assignment = leasing.lease_trial(
         session, storage=storage, settings=settings, worker_id=body.worker_id, device=body.device
     )
     if assignment is None:

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import make_engine
+from service.leasing import lease_trial
 from service.main import make_storage
 from service.migrate import migrate
-from service.models import Lease
-from service.scheduling import lease_trial, reap_stale_leases, utcnow
+from service.models import Lease, utcnow
+from service.reaper import reap_stale_leases
 from service.studies import create_study
 from tunefleet.spec import StudySpec
 

@@ -17,8 +17,17 @@ from typing import Any
 import optuna
 import pytest
 
-from service import optuna_bridge as bridge
-from service.sampling import ObservationCachingTPE, SnapshotStorage
+from service import study_cache
+from service._optuna_internals import (
+    ObservationCachingTPE,
+    SnapshotStorage,
+    trial_id_of,
+    uncached,
+)
+from service.optuna_store import create_optuna_study
+from service.search import build_sampler, distributions
+from service.study_cache import LoadedStudy, forget_loaded_study, loaded_study
+from service.trial_lifecycle import ask_leased_trial, complete_leased_trial
 from tunefleet.spec import StudySpec
 
 SPACE = {
@@ -67,12 +76,10 @@ SCHEDULE = "a" * 3 + "taat" * 4 + "ta" * 6 + "atta" * 3 + "ttt"
 
 
 def with_optuna(storage, spec: StudySpec) -> list[dict[str, Any]]:
-    bridge.create_optuna_study(storage, name="optuna", spec=spec, study_key=1)
-    study = optuna.load_study(
-        study_name="optuna", storage=storage, sampler=bridge.build_sampler(spec)
-    )
+    create_optuna_study(storage, name="optuna", spec=spec, study_key=1)
+    study = optuna.load_study(study_name="optuna", storage=storage, sampler=build_sampler(spec))
     assert not isinstance(study.sampler, ObservationCachingTPE)  # Optuna's own
-    space = bridge.distributions(spec)
+    space = distributions(spec)
     running: list[optuna.Trial] = []
     for step in SCHEDULE:
         if step == "a":
@@ -83,9 +90,9 @@ def with_optuna(storage, spec: StudySpec) -> list[dict[str, Any]]:
     return [t.params for t in study.get_trials(deepcopy=False)]
 
 
-def with_lease_path(storage, spec: StudySpec) -> tuple[list[dict[str, Any]], bridge.LoadedStudy]:
-    bridge.create_optuna_study(storage, name="service", spec=spec, study_key=2)
-    entry = bridge.loaded_study(
+def with_lease_path(storage, spec: StudySpec) -> tuple[list[dict[str, Any]], LoadedStudy]:
+    create_optuna_study(storage, name="service", spec=spec, study_key=2)
+    entry = loaded_study(
         storage, optuna_study_name="service", spec=spec.model_dump(mode="json"), study_key=2
     )
     assert isinstance(entry.storage, SnapshotStorage)
@@ -93,12 +100,12 @@ def with_lease_path(storage, spec: StudySpec) -> tuple[list[dict[str, Any]], bri
     running = []
     for step in SCHEDULE:
         if step == "a":
-            running.append(bridge.ask_leased_trial(entry, entry.trials()))
+            running.append(ask_leased_trial(entry, entry.trials()))
         else:
             trial = running.pop(0)
-            bridge.complete_leased_trial(
+            complete_leased_trial(
                 entry,
-                trial_id=trial._trial_id,
+                trial_id=trial_id_of(trial),
                 values=score(trial.params, len(spec.objectives)),
                 attrs={},
                 artifact=None,
@@ -172,7 +179,7 @@ def test_lease_path_draws_what_study_ask_draws(
         comparable(t.system_attrs) for t in baseline.trials
     ]
     storage.engine.dispose()
-    entry.storage._backend.engine.dispose()
+    uncached(entry.storage).engine.dispose()
 
 
 def test_constant_liar_params_are_written_with_the_trial(migrated_pg_url: str) -> None:
@@ -180,22 +187,22 @@ def test_constant_liar_params_are_written_with_the_trial(migrated_pg_url: str) -
     attributes; the lease path writes them in the parameters' transaction."""
     spec = spec_of(1)
     storage = optuna.storages.RDBStorage(migrated_pg_url)
-    bridge.create_optuna_study(storage, name="liar", spec=spec, study_key=3)
-    entry = bridge.loaded_study(
+    create_optuna_study(storage, name="liar", spec=spec, study_key=3)
+    entry = loaded_study(
         storage, optuna_study_name="liar", spec=spec.model_dump(mode="json"), study_key=3
     )
-    trials = [bridge.ask_leased_trial(entry, entry.trials()) for _ in range(6)]
+    trials = [ask_leased_trial(entry, entry.trials()) for _ in range(6)]
     for trial in trials[:5]:
-        bridge.complete_leased_trial(
+        complete_leased_trial(
             entry,
-            trial_id=trial._trial_id,
+            trial_id=trial_id_of(trial),
             values=score(trial.params, 1),
             attrs={},
             artifact=None,
             worker={},
         )
-    sampled = bridge.ask_leased_trial(entry, entry.trials())  # past n_startup_trials: relative
-    stored = storage.get_trial(sampled._trial_id)
+    sampled = ask_leased_trial(entry, entry.trials())  # past n_startup_trials: relative
+    stored = storage.get_trial(trial_id_of(sampled))
     assert stored.state.name == "RUNNING"
     assert stored.params == sampled.params
     liar = {k: v for k, v in stored.system_attrs.items() if k.startswith("tpe:relative_params")}
@@ -208,15 +215,15 @@ def test_constant_liar_params_are_written_with_the_trial(migrated_pg_url: str) -
 def test_loaded_studies_are_bounded_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each loaded study keeps Optuna's cache of its trials: a long-running API process
     keeps only the most recently used ones, and drops a deleted study's at once."""
-    monkeypatch.setattr(bridge, "MAX_LOADED_STUDIES", 2)
-    monkeypatch.setattr(bridge, "_loaded_studies", type(bridge._loaded_studies)())
+    monkeypatch.setattr(study_cache, "MAX_LOADED_STUDIES", 2)
+    monkeypatch.setattr(study_cache, "_loaded_studies", type(study_cache._loaded_studies)())
     storage = optuna.storages.InMemoryStorage()
     spec = spec_of(1)
     for key in (1, 2, 3):
-        bridge.create_optuna_study(storage, name=f"s{key}", spec=spec, study_key=key)
+        create_optuna_study(storage, name=f"s{key}", spec=spec, study_key=key)
 
-    def load(key: int) -> bridge.LoadedStudy:
-        return bridge.loaded_study(
+    def load(key: int) -> LoadedStudy:
+        return loaded_study(
             storage, optuna_study_name=f"s{key}", spec=spec.model_dump(mode="json"), study_key=key
         )
 
@@ -225,6 +232,6 @@ def test_loaded_studies_are_bounded_and_forgotten(monkeypatch: pytest.MonkeyPatc
     third = load(3)  # one too many: study 2, the least recently used, goes
     assert load(1) is first and load(3) is third
     assert load(2) is not second  # loaded afresh (and study 1 went in turn)
-    assert len(bridge._loaded_studies) == 2
-    bridge.forget_loaded_study(3)
+    assert len(study_cache._loaded_studies) == 2
+    forget_loaded_study(3)
     assert load(3) is not third

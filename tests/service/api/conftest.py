@@ -13,7 +13,7 @@ import httpx
 import optuna
 import pytest
 
-from service.optuna_bridge import distributions
+from service.search import distributions
 from tests.conftest import ApiServer, create_token, start_api_server
 from tunefleet.spec import StudySpec
 

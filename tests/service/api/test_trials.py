@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from service.optuna_bridge import distributions
+from service.search import distributions
 from tests.service.api.conftest import LiveApi, create_study, error_of
 from tunefleet.spec import StudySpec
 

@@ -1,4 +1,4 @@
-"""Spec -> Optuna: every sampler and pruner the spec allows really runs in Optuna."""
+"""Spec -> Optuna (service/search.py): every sampler and pruner the spec allows really runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import optuna
 import pytest
 
-from service import optuna_bridge as bridge
+from service import search
+from service.optuna_store import create_optuna_study, load_optuna_study
 from tunefleet.spec import StudySpec
 
 
@@ -32,9 +33,9 @@ def make_spec(**overrides: Any) -> StudySpec:
 def run(spec: StudySpec, n_trials: int = 12) -> optuna.Study:
     """Ask and tell like the service does, with a toy objective per metric."""
     storage = optuna.storages.InMemoryStorage()
-    bridge.create_optuna_study(storage, name="s", spec=spec, study_key=1)
-    study = bridge.load_optuna_study(storage, name="s", spec=spec, study_key=1)
-    space = bridge.distributions(spec)
+    create_optuna_study(storage, name="s", spec=spec, study_key=1)
+    study = load_optuna_study(storage, name="s", spec=spec, study_key=1)
+    space = search.distributions(spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(n_trials):
@@ -89,10 +90,10 @@ def test_cmaes_sampler_runs() -> None:
 
 def test_scrambled_qmc_without_seed_draws_the_same_sequence_in_every_process() -> None:
     spec = make_spec(sampler={"type": "qmc", "scramble": True})
-    a = bridge.build_sampler(spec, study_key=7)
-    b = bridge.build_sampler(spec, study_key=7)
+    a = search.build_sampler(spec, study_key=7)
+    b = search.build_sampler(spec, study_key=7)
     assert a._seed == b._seed
-    assert bridge.build_sampler(spec, study_key=8)._seed != a._seed
+    assert search.build_sampler(spec, study_key=8)._seed != a._seed
 
 
 @pytest.mark.parametrize(
@@ -106,14 +107,14 @@ def test_scrambled_qmc_without_seed_draws_the_same_sequence_in_every_process() -
 )
 def test_pruners_prune_on_reported_epochs(pruner: dict, cls: type) -> None:
     spec = make_spec(pruner=pruner, budget={"epochs": 9})
-    built = bridge.build_pruner(spec)
+    built = search.build_pruner(spec)
     assert isinstance(built, cls)
     storage = optuna.storages.InMemoryStorage()
-    bridge.create_optuna_study(storage, name="p", spec=spec, study_key=1)
-    study = bridge.load_optuna_study(storage, name="p", spec=spec)
+    create_optuna_study(storage, name="p", spec=spec, study_key=1)
+    study = load_optuna_study(storage, name="p", spec=spec)
     pruned = 0
     for i in range(12):
-        trial = study.ask(bridge.distributions(spec))
+        trial = study.ask(search.distributions(spec))
         for epoch in range(9):
             trial.report(i / 12 if i % 2 else 0.01 * epoch, epoch)
             if trial.should_prune():
@@ -126,12 +127,12 @@ def test_pruners_prune_on_reported_epochs(pruner: dict, cls: type) -> None:
 
 
 def test_hyperband_uses_the_epoch_budget_as_max_resource() -> None:
-    pruner = bridge.build_pruner(make_spec(pruner={"type": "hyperband"}, budget={"epochs": 27}))
+    pruner = search.build_pruner(make_spec(pruner={"type": "hyperband"}, budget={"epochs": 27}))
     assert pruner._max_resource == 27
 
 
 def test_distributions_match_the_search_space() -> None:
-    space = bridge.distributions(make_spec())
+    space = search.distributions(make_spec())
     assert space["lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
     assert space["dropout"] == optuna.distributions.FloatDistribution(0.0, 0.5, step=0.1)
     assert space["head_depth"] == optuna.distributions.IntDistribution(1, 4)

@@ -1,0 +1,104 @@
+"""The Study objects this process leases from, kept between requests (an LRU).
+
+A study's Optuna object is built once per process so that its sampler (TPE's
+observation cache, NSGA-II's generations, a seeded sampler's random stream)
+and Optuna's cache of its trials live on from one lease to the next.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+from service._optuna_internals import storage_of, study_id_of, uncached
+from service.models import StudyRecord
+from service.optuna_store import load_optuna_study, trial_state_counts
+from service.search import distributions
+from tunefleet.spec import StudySpec
+
+__all__ = ["MAX_LOADED_STUDIES", "LoadedStudy", "forget_loaded_study", "loaded_study", "study_of"]
+
+
+class LoadedStudy:
+    """A study's Optuna object with the spec's sampler and pruner, and its lock.
+
+    ``lock`` serializes ask and prune decisions within the process; the lease
+    path holds the study's row lock in the database around it as well, so
+    that several API processes never ask past the budget.
+    """
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        self.study = study
+        self.distributions = distributions(spec)
+        self.lock = threading.RLock()
+
+    @property
+    def storage(self) -> BaseStorage:
+        return storage_of(self.study)
+
+    @property
+    def optuna_study_id(self) -> int:
+        return study_id_of(self.study)
+
+    def trials(self) -> list[FrozenTrial]:
+        """The study's trials, sorted by number: on RDBStorage one read of those that
+        changed since the last (Optuna's cached storage). Not copies: read only."""
+        return self.storage.get_all_trials(self.optuna_study_id, deepcopy=False)
+
+    def counts(self) -> dict[str, int]:
+        """How many trials are in each state (RUNNING, WAITING, COMPLETE, PRUNED, FAIL).
+
+        One GROUP BY on RDBStorage: reading every trial through the cached
+        storage costs several queries and a pass over the whole study.
+        """
+        counts = trial_state_counts(uncached(self.storage), optuna_study_id=self.optuna_study_id)
+        return {name.upper(): n for name, n in counts.items()}
+
+
+# The studies this process has leased from, most recently used last. Each holds
+# Optuna's cache of its trials, so the oldest go beyond MAX_LOADED_STUDIES
+# (loading one again costs one read of its trials; a sampler with a fixed seed
+# then starts its sequence again).
+MAX_LOADED_STUDIES = 256
+_loaded_studies: OrderedDict[tuple[int, int, str], LoadedStudy] = OrderedDict()
+_loaded_studies_lock = threading.Lock()
+
+
+def loaded_study(
+    storage: BaseStorage, *, optuna_study_name: str, spec: dict, study_key: int
+) -> LoadedStudy:
+    """The process's Optuna Study for a TuneFleet study, with the spec's sampler and pruner."""
+    key = (id(storage), study_key, optuna_study_name)
+    with _loaded_studies_lock:
+        entry = _loaded_studies.get(key)
+        if entry is not None:
+            _loaded_studies.move_to_end(key)
+            return entry
+    study_spec = StudySpec.model_validate(spec)
+    study = load_optuna_study(
+        storage, name=optuna_study_name, spec=study_spec, study_key=study_key, for_leases=True
+    )
+    with _loaded_studies_lock:
+        entry = _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
+        _loaded_studies.move_to_end(key)
+        while len(_loaded_studies) > MAX_LOADED_STUDIES:
+            _loaded_studies.popitem(last=False)
+        return entry
+
+
+def study_of(storage: BaseStorage, record: StudyRecord) -> LoadedStudy:
+    """The loaded study of a TuneFleet study's row."""
+    return loaded_study(
+        storage, optuna_study_name=record.optuna_study_name, spec=record.spec, study_key=record.id
+    )
+
+
+def forget_loaded_study(study_key: int) -> None:
+    """Drop this process's Study objects of a TuneFleet study (deleted, say)."""
+    with _loaded_studies_lock:
+        for key in [k for k in _loaded_studies if k[1] == study_key]:
+            del _loaded_studies[key]
