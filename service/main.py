@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from service.api import health, leases, studies, tokens, trials
 from service.api.handlers import install_error_handlers
+from service.api.openapi import install_openapi
 from service.api.requests import install_request_checks
 from service.config import Settings, load_settings
 from service.db import engine_kwargs, make_engine
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.storage = make_storage(settings)
     install_error_handlers(app)
+    install_openapi(app)
     install_request_checks(app, max_body_bytes=settings.max_body_bytes)
     install_metrics(app)  # outermost: also counts the 413s of the body limit
     app.include_router(health.router)

@@ -81,7 +81,8 @@ def _upgrade_optuna(url: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs(url, pool_size=2, max_overflow=2),
+            url,
+            engine_kwargs=engine_kwargs(url, pool_size=2, max_overflow=2),
             skip_compatibility_check=True,
         )
     try:

@@ -195,12 +195,29 @@ class ErrorBody(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route can give."""
     text = {
-        401: "Missing, invalid or revoked token",
+        400: "The body is not valid JSON",
+        401: "Missing, invalid, expired or revoked token",
         403: "The token's scope does not allow this",
-        404: "No such study, trial or token (or not yours)",
+        404: "No such study, trial, token or lease (or not yours)",
         409: "Conflicts with the current state",
         413: "Request body too large",
         422: "Invalid request; `path` says where",
         503: "Database unreachable; retry after Retry-After seconds",
     }
-    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+    headers = {
+        401: {
+            "WWW-Authenticate": {"description": "Always `Bearer`.", "schema": {"type": "string"}}
+        },
+        503: {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+    entries: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entries[code] = {"model": ErrorBody, "description": text[code]}
+        if code in headers:
+            entries[code]["headers"] = headers[code]
+    return entries

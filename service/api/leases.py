@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Response, status
 
 from service import leasing
 from service.deps import CurrentWorker, SessionDep, SettingsDep, StorageDep
+from service.schemas import error_responses
 from tunefleet.protocol import (
     API_PREFIX,
     Assignment,
@@ -21,7 +22,12 @@ from tunefleet.protocol import (
     TrialOutcome,
 )
 
-router = APIRouter(prefix=API_PREFIX, tags=["workers"])
+router = APIRouter(
+    prefix=API_PREFIX, tags=["workers"], responses=error_responses(401, 403, 422, 503)
+)
+# A trial call for a trial without a lease (never leased, or another trial id) is 404;
+# one whose lease has ended differently (reaped, finished otherwise) is 409.
+TRIAL_CALL_ERRORS = error_responses(404, 409)
 
 # Optuna's trial ids are 32-bit integers in PostgreSQL: a larger one is a 422, not a 500.
 TrialId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Optuna's trial id.")]
@@ -49,7 +55,9 @@ def create_lease(
     return assignment
 
 
-@router.post("/trials/{trial_id}/heartbeat", response_model=HeartbeatAck)
+@router.post(
+    "/trials/{trial_id}/heartbeat", response_model=HeartbeatAck, responses=TRIAL_CALL_ERRORS
+)
 def heartbeat(
     trial_id: TrialId,
     body: Heartbeat,
@@ -64,7 +72,9 @@ def heartbeat(
     )
 
 
-@router.post("/trials/{trial_id}/intermediate", response_model=PruneDecision)
+@router.post(
+    "/trials/{trial_id}/intermediate", response_model=PruneDecision, responses=TRIAL_CALL_ERRORS
+)
 def intermediate(
     trial_id: TrialId,
     body: IntermediateReport,
@@ -79,7 +89,9 @@ def intermediate(
     return PruneDecision(prune=prune)
 
 
-@router.post("/trials/{trial_id}/complete", response_model=TrialOutcome)
+@router.post(
+    "/trials/{trial_id}/complete", response_model=TrialOutcome, responses=TRIAL_CALL_ERRORS
+)
 def complete(
     trial_id: TrialId,
     body: TrialCompletion,
@@ -91,7 +103,7 @@ def complete(
     return leasing.complete_trial(session, storage=storage, trial_id=trial_id, completion=body)
 
 
-@router.post("/trials/{trial_id}/fail", response_model=TrialOutcome)
+@router.post("/trials/{trial_id}/fail", response_model=TrialOutcome, responses=TRIAL_CALL_ERRORS)
 def fail(
     trial_id: TrialId,
     body: TrialFailure,

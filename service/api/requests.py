@@ -37,8 +37,30 @@ def validation_error_body(errors: list[dict]) -> dict:
     }
 
 
+def invalid_json_body(problem: dict, body: object) -> dict:
+    """400 body for a request body that is not JSON: where it breaks, as line and column."""
+    position = next((p for p in problem.get("loc", ()) if isinstance(p, int)), None)
+    reason = str((problem.get("ctx") or {}).get("error", "")).strip()
+    where = ""
+    if position is not None:
+        text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+        before = text[:position]
+        line = before.count("\n") + 1
+        column = position - (before.rfind("\n") + 1) + 1
+        where = f" at line {line} column {column}"
+    return {
+        "detail": {
+            "code": "invalid_json",
+            "message": f"the body is not valid JSON{where}" + (f": {reason}" if reason else ""),
+        }
+    }
+
+
 async def _request_validation_error(_request: Request, error: RequestValidationError):
-    return JSONResponse(status_code=422, content=validation_error_body(list(error.errors())))
+    errors = list(error.errors())
+    if errors and errors[0].get("type") == "json_invalid":
+        return JSONResponse(status_code=400, content=invalid_json_body(errors[0], error.body))
+    return JSONResponse(status_code=422, content=validation_error_body(errors))
 
 
 async def _http_error(_request: Request, error: HTTPException):
