@@ -16,14 +16,15 @@ def test_healthz_and_readyz_on_a_migrated_database(api_server):
 
 def test_readyz_is_503_when_the_schema_falls_behind_then_200_after_migrate(api_server):
     import sqlalchemy as sa
+    from alembic import command
 
-    from migrations import VERSION_TABLE
-    from service.migrate import migrate
+    from service.migrate import alembic_config, migrate
 
     engine = sa.create_engine(api_server.database_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:  # as if an older release had migrated this database
-        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '0001_initial'"))
-        conn.execute(sa.text("DROP TABLE tf_leases"))
+        cfg = alembic_config(api_server.database_url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001_initial")
     engine.dispose()
     answer = httpx.get(f"{api_server.url}/readyz")
     assert answer.status_code == 503
