@@ -32,9 +32,9 @@ def _error_entry(schema: dict[str, Any], code: int) -> dict[str, Any]:
 
 def _fix_operation(schema: dict[str, Any], operation: dict[str, Any]) -> None:
     responses = operation.setdefault("responses", {})
-    # Every 422 is our envelope, never FastAPI's default body.
-    if "422" in responses:
-        responses["422"] = _error_entry(schema, 422)
+    # Every 422 is our envelope, never FastAPI's default body; every route has one, for
+    # a query parameter it does not take (service/api/requests.py).
+    responses["422"] = _error_entry(schema, 422)
     if "requestBody" in operation:
         # Unparsable JSON (400) and a body over the limit (413) reach every route with a body.
         responses.setdefault("400", _error_entry(schema, 400))

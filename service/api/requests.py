@@ -3,14 +3,14 @@ validation errors answered in the same shape as every other error."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.handlers import error_response
-from service.errors import PayloadTooLarge
+from service.errors import InvalidSpec, PayloadTooLarge
 from tunefleet.spec import clean_loc
 
 __all__ = ["BodySizeLimit", "install_request_checks"]
@@ -130,7 +130,36 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
+def _query_names(route: object) -> frozenset[str]:
+    names = _QUERY_NAMES.get(id(route))
+    if names is None:
+        found: set[str] = set()
+        pending = [getattr(route, "dependant", None)]
+        while pending:  # the route's own parameters and those of its dependencies
+            dependant = pending.pop()
+            if dependant is not None:
+                found.update(p.alias for p in dependant.query_params)
+                pending.extend(dependant.dependencies)
+        names = _QUERY_NAMES[id(route)] = frozenset(found)
+    return names
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422, not silently ignored (a typo
+    such as `?stat=running` would otherwise list every study)."""
+    known = _query_names(request.scope.get("route"))
+    for name in request.query_params:
+        if name not in known:
+            takes = f"this route takes {', '.join(sorted(known))}" if known else "it takes none"
+            raise InvalidSpec(f"unknown query parameter {name!r}: {takes}", path=["query", name])
+
+
 def install_request_checks(app: FastAPI, *, max_body_bytes: int) -> None:
+    """Before the routers are included: every route they bring gets these checks."""
+    app.router.dependencies.append(Depends(reject_unknown_query))
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)

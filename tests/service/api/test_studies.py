@@ -146,14 +146,26 @@ def test_invalid_spec_is_422_at_its_path_and_writes_nothing(
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[1, 2]", b'"a string"', b"", b'{"name": "x"}'],
+    [b"[1, 2]", b'"a string"', b"", b'{"name": "x"}'],
 )
-def test_malformed_body_is_422(live_api: LiveApi, body: bytes) -> None:
+def test_a_body_of_the_wrong_shape_is_422(live_api: LiveApi, body: bytes) -> None:
     answer = live_api.as_("alice").post(
         STUDIES, content=body, headers={"Content-Type": "application/json"}
     )
     assert answer.status_code == 422, answer.text
     assert error_of(answer)["code"] == "invalid"
+
+
+def test_a_body_that_is_not_json_is_400_with_line_and_column(live_api: LiveApi) -> None:
+    answer = live_api.as_("alice").post(
+        STUDIES,
+        content=b'{"name": "x",\n "dataset": nope}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    detail = error_of(answer)
+    assert detail["code"] == "invalid_json"
+    assert detail["message"].startswith("the body is not valid JSON at line 2 column 13")
 
 
 def test_oversized_body_is_413(live_api: LiveApi) -> None:
@@ -334,3 +346,11 @@ def test_a_study_whose_optuna_study_was_deleted_elsewhere_still_answers(
     enqueue = alice.post(f"{STUDIES}/{study['id']}/trials", json={"params": {"lr": 0.01}})
     assert enqueue.status_code == 404
     assert alice.delete(f"{STUDIES}/{study['id']}").status_code == 204
+
+
+def test_an_unknown_query_parameter_is_422_naming_it(live_api: LiveApi) -> None:
+    answer = live_api.as_("alice").get(STUDIES, params={"stat": "running"})
+    assert answer.status_code == 422, answer.text
+    detail = error_of(answer)
+    assert detail["path"] == ["query", "stat"]
+    assert "state" in detail["message"]  # it says what the route takes
