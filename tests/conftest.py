@@ -3,15 +3,19 @@
 Each test run creates its own databases on the PostgreSQL at
 TUNEFLEET_TEST_PG_URL (default: the local server) and drops them afterwards.
 Migrating takes about a second; it runs once per test run, into a template
-database that every migrated database of the run is copied from.
+database that every migrated database of the run is copied from. Likewise the
+built-in source model (digits-cnn, tens of seconds of CPU) is pretrained once
+per run and copied into the cache directory of each test that needs it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,6 +69,30 @@ def drop_database(url: str) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+_source_models: Path | None = None
+
+
+def pretrained_source_models() -> Path:
+    """A cache directory holding the built-in source model, pretrained on the first call
+    of the run; tests give it to the engine as is, or copy it with copy_source_models."""
+    global _source_models
+    if _source_models is None:
+        from workers.transfer import builtin
+
+        cache = Path(tempfile.mkdtemp(prefix=f"tf_sources_{RUN_TAG}_"))
+        builtin.load_or_pretrain(cache)
+        _source_models = cache
+    return _source_models
+
+
+def copy_source_models(cache_dir: Path) -> Path:
+    """Put the run's pretrained source models into `cache_dir` (a worker's or the demo's)."""
+    shutil.copytree(
+        pretrained_source_models() / "sources", cache_dir / "sources", dirs_exist_ok=True
+    )
+    return cache_dir
 
 
 @pytest.fixture
@@ -217,3 +245,5 @@ def _drop_leftover_databases() -> Iterator[None]:
         for name in names:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+    if _source_models is not None:
+        shutil.rmtree(_source_models, ignore_errors=True)
