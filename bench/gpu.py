@@ -1,20 +1,23 @@
-"""GPU trial throughput: a torchvision ResNet-18 head fine-tune on synthetic data.
+"""GPU trial throughput: the engine's fine_tune on a torchvision ResNet-18, synthetic data.
 
-Six variants of the same trial (frozen ResNet-18 backbone, new linear head,
+Six variants of the same trial, each the engine's own training function
+(workers.transfer.train.fine_tune) on a TransferModel built from a
+torchvision ResNet-18 with every backbone stage frozen and a new linear head,
 `--epochs` passes over `--images` training images and a validation pass per
-epoch), each run `--trials` times in a row as a worker would:
+epoch, run `--trials` times in a row as a worker would:
 
-- fp32 / mixed precision (bf16 autocast where the GPU has it, else fp16 with a
-  GradScaler: the engine's rule, workers.transfer.train.autocast_dtype);
-- NCHW / channels_last (NHWC) memory format for the backbone;
-- without / with the frozen-feature cache (backbone features of the train and
-  validation images computed once, by the first trial; later trials train the
-  head on them).
+- fp32 / mixed precision (TrainConfig.mixed_precision: bf16 autocast where the
+  GPU has it, else fp16 with a GradScaler);
+- NCHW / channels_last (TrainConfig.channels_last; NHWC on CUDA only);
+- without / with the frozen-feature cache (a FeatureCache shared by the
+  variant's trials: the first one computes the backbone's features of the
+  train and validation images, later ones train the head on them).
 
-Reports images per second (training images over training time, the cache's
-fill included in the first trial), trials per minute (from the later trials),
-and torch.cuda.max_memory_allocated per variant (also less what was resident
-before the variant started: the images and the backbone). Run through bench/gpu.sh:
+Reports images per second (training images over trial time: the model's move
+to the device, the cache's fill in the first trial and validation included),
+trials per minute (from the later trials), and torch.cuda.max_memory_allocated
+per variant (also less what was resident before it started). Run through
+bench/gpu.sh:
 
     bench/gpu.sh                 # one GPU, 224x224, within five minutes
     bench/gpu.sh --tiny          # the CPU, 32x32, a few batches (CI)
@@ -27,17 +30,21 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from bench.harness import apply_threads, parser, ratio, table, write_results
-from workers.transfer.train import autocast_dtype
+from workers.transfer.data import Dataset, InputSpec, Split
+from workers.transfer.features import FeatureCache
+from workers.transfer.models import InputAdapter, TransferModel, build_head
+from workers.transfer.sources import SourceModel, load_source_model
+from workers.transfer.train import TrainConfig, autocast_dtype, fine_tune
+from workers.transfer.weights import save_weights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 10
 
 
@@ -46,112 +53,68 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class SyntheticData:
-    """uint8 images on the device when it is a GPU (they fit), labels, a validation quarter."""
+def synthetic_dataset(images: int, size: int, seed: int = 0) -> Dataset:
+    """uint8 images and labels, a validation quarter; the engine moves them to the device."""
+    g = torch.Generator().manual_seed(seed)
+    n_val = max(images // 4, 1)
 
-    def __init__(self, images: int, size: int, device: torch.device, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        n_val = max(images // 4, 1)
-        x = torch.randint(0, 256, (images + n_val, 3, size, size), dtype=torch.uint8, generator=g)
-        y = torch.randint(0, NUM_CLASSES, (images + n_val,), generator=g)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-        self.train_x, self.val_x = x[:images], x[images:]
-        self.train_y, self.val_y = y[:images].to(device), y[images:].to(device)
+    def split(n: int) -> Split:
+        x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        return Split(x=x, y=torch.randint(0, NUM_CLASSES, (n,), generator=g))
 
-
-class Backbone(nn.Module):
-    """ResNet-18 without its classifier, with the ImageNet normalisation in front;
-    with `channels_last`, weights and activations in NHWC (what tensor cores prefer)."""
-
-    def __init__(self, *, channels_last: bool = False) -> None:
-        super().__init__()
-        self.channels_last = channels_last
-        import torchvision
-
-        model = torchvision.models.resnet18(weights=None)
-        model.fc = nn.Identity()
-        self.body = model.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = (x_uint8.float().div_(255) - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.body(x)
+    return Dataset(
+        uri=f"synthetic:{images}x{size}",
+        classes=tuple(str(c) for c in range(NUM_CLASSES)),
+        train=split(images),
+        val=split(n_val),
+        test=split(1),
+        fingerprint=f"synthetic-{images}-{size}-{seed}",
+    )
 
 
-def batches(n: int, batch_size: int, device: torch.device, generator: torch.Generator | None):
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size].to(device)
+def resnet18_source(tmp_dir: Path) -> SourceModel:
+    """torchvision:resnet18 through the engine's loader, from a file of random weights."""
+    import torchvision
+
+    path = tmp_dir / "resnet18-random.safetensors"
+    save_weights(path, torchvision.models.resnet18(weights=None).state_dict(), {})
+    return load_source_model("torchvision:resnet18", weights=str(path), cache_dir=tmp_dir)
 
 
-@torch.no_grad()
-def features(backbone: Backbone, x: torch.Tensor, batch_size: int, device, dtype) -> torch.Tensor:
-    out = []
-    for idx in batches(len(x), batch_size, device, None):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(backbone(x[idx.to(x.device)].to(device, non_blocking=True)).float())
-    return torch.cat(out)
+def transfer_model(source: SourceModel, size: int) -> TransferModel:
+    """The backbone frozen whole, a new Linear(512, 10) head; inputs kept at `size`."""
+    stages, post = source.backbone()
+    spec = source.input_spec
+    head = build_head(
+        source.feature_dim, NUM_CLASSES, depth=1, width=1, dropout=0.0, activation="relu"
+    )
+    adapter = InputAdapter(InputSpec(channels=3, size=size, mean=spec.mean, std=spec.std))
+    return TransferModel(adapter, stages, post, head, unfreeze_blocks=0)
 
 
 def run_trial(
-    backbone: Backbone,
-    data: SyntheticData,
+    source: SourceModel,
+    data: Dataset,
+    cfg: TrainConfig,
     *,
-    epochs: int,
-    batch_size: int,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    cache: dict | None,
-    seed: int,
-) -> dict[str, float]:
-    """One head fine-tune; returns its seconds and how many of them filled the cache."""
+    cache: FeatureCache | None,
+    size: int,
+) -> dict[str, Any]:
+    """One trial through fine_tune; returns its seconds and what the feature cache did."""
+    model = transfer_model(source, size)
+    device = torch.device(cfg.device)
     synchronize(device)
     started = time.perf_counter()
-    fill_s = 0.0
-    if cache is not None and not cache:
-        cache["train"] = features(backbone, data.train_x, batch_size, device, dtype)
-        cache["val"] = features(backbone, data.val_x, batch_size, device, dtype)
-        synchronize(device)
-        fill_s = time.perf_counter() - started
-
-    torch.manual_seed(seed)
-    head = nn.Linear(512, NUM_CLASSES).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = nn.CrossEntropyLoss()
-    shuffle = torch.Generator().manual_seed(seed)
-
-    def forward(x: torch.Tensor, which: str, idx: torch.Tensor) -> torch.Tensor:
-        if cache is not None:
-            return head(cache[which][idx])
-        with torch.no_grad():
-            h = backbone(x[idx.to(x.device)].to(device, non_blocking=True))
-        return head(h)
-
-    for _ in range(epochs):
-        head.train()
-        for idx in batches(len(data.train_y), batch_size, device, shuffle):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = forward(data.train_x, "train", idx)
-            loss = loss_fn(logits.float(), data.train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        head.eval()
-        correct = 0
-        with torch.no_grad():
-            for idx in batches(len(data.val_y), batch_size, device, None):
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = forward(data.val_x, "val", idx)
-                correct += (logits.argmax(1) == data.val_y[idx]).sum()
-        correct.item()  # the epoch's accuracy reaches the host, as a pruner would need it
+    fit = fine_tune(
+        model,
+        data,
+        cfg,
+        lambda epoch, accuracy: False,
+        feature_cache=cache,
+        cache_key=(data.fingerprint,),
+    )
     synchronize(device)
-    return {"seconds": time.perf_counter() - started, "cache_fill_s": fill_s}
+    return {"seconds": time.perf_counter() - started, "feature_cache": fit.feature_cache}
 
 
 def main() -> None:
@@ -174,64 +137,60 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    data = SyntheticData(images, size, device)
-    backbones = {
-        False: Backbone().to(device),
-        True: Backbone(channels_last=True).to(device, memory_format=torch.channels_last),
-    }
+    data = synthetic_dataset(images, size)
+    source = resnet18_source(Path(tempfile.mkdtemp(prefix="bench-gpu-")))
     amp_dtype = autocast_dtype(device)
-    # name: (autocast dtype, feature cache, channels_last)
+    # name: (mixed precision, feature cache, channels_last)
     variants = {
-        "fp32": (None, False, False),
-        "amp": (amp_dtype, False, False),
-        "fp32+channels_last": (None, False, True),
-        "amp+channels_last": (amp_dtype, False, True),
-        "fp32+cache": (None, True, False),
-        "amp+cache": (amp_dtype, True, False),
+        "fp32": (False, False, False),
+        "amp": (True, False, False),
+        "fp32+channels_last": (False, False, True),
+        "amp+channels_last": (True, False, True),
+        "fp32+cache": (False, True, False),
+        "amp+cache": (True, True, False),
     }
-    # One untimed pass per precision and layout: cuDNN's algorithm search, lazy CUDA init.
-    for dtype, channels_last in itertools.product({None, amp_dtype}, (False, True)):
-        run_trial(
-            backbones[channels_last],
-            SyntheticData(batch_size * 2, size, device, seed=1),
-            epochs=1,
+
+    def config(mixed_precision: bool, channels_last: bool, seed: int, epochs: int) -> TrainConfig:
+        return TrainConfig(
+            lr=1e-3,
+            optimizer="adamw",
             batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            cache=None,
-            seed=0,
+            epochs=epochs,
+            schedule="constant",
+            seed=seed,
+            device=str(device),
+            mixed_precision=mixed_precision,
+            channels_last=channels_last,
         )
 
+    # One untimed pass per precision and layout: cuDNN's algorithm search, lazy CUDA init.
+    warmup = synthetic_dataset(batch_size * 2, size, seed=1)
+    for mixed, channels_last in itertools.product((False, True), (False, True)):
+        run_trial(source, warmup, config(mixed, channels_last, 0, 1), cache=None, size=size)
+
     out: dict[str, dict[str, Any]] = {}
-    for name, (dtype, cached, channels_last) in variants.items():
+    for name, (mixed, cached, channels_last) in variants.items():
         resident = 0
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            resident = torch.cuda.memory_allocated(device)  # the images and the backbone
-        cache: dict | None = {} if cached else None
+            resident = torch.cuda.memory_allocated(device)
+        cache = FeatureCache() if cached else None
         runs = [
-            run_trial(
-                backbones[channels_last],
-                data,
-                epochs=epochs,
-                batch_size=batch_size,
-                device=device,
-                dtype=dtype,
-                cache=cache,
-                seed=t,
-            )
+            run_trial(source, data, config(mixed, channels_last, t, epochs), cache=cache, size=size)
             for t in range(trials)
         ]
         seconds = [r["seconds"] for r in runs]
         later = seconds[1:] or seconds
         trained = images * epochs
         out[name] = {
-            "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+            "precision": str(amp_dtype).removeprefix("torch.")
+            if mixed and amp_dtype
+            else "float32",
             "feature_cache": cached,
+            "feature_cache_per_trial": [r["feature_cache"] for r in runs],
             "channels_last": channels_last,
             "trial_s": seconds,
-            "cache_fill_s": runs[0]["cache_fill_s"],
             "first_trial_images_per_s": trained / seconds[0],
             "images_per_s": trained / statistics.median(later),
             "trials_per_min": 60 / statistics.median(later),
@@ -251,8 +210,9 @@ def main() -> None:
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "model": "torchvision resnet18 (random weights), frozen; new Linear(512, 10) head",
+            "trained_by": "workers.transfer.train.fine_tune",
             "images": images,
-            "validation_images": len(data.val_y),
+            "validation_images": len(data.val),
             "size": size,
             "batch_size": batch_size,
             "epochs": epochs,

@@ -139,7 +139,9 @@ def install_metrics(app: FastAPI) -> None:
         registry=registry,
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     )
-    registry.register(StateCollector(app.state.engine, app.state.storage))
+    # Kept on the app so that a test can give it a clock of its own.
+    app.state.metrics_collector = StateCollector(app.state.engine, app.state.storage)
+    registry.register(app.state.metrics_collector)
     app.state.metrics_registry = registry
     app.add_middleware(RequestMetrics, requests=requests, latency=latency)
     app.include_router(router)

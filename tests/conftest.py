@@ -2,14 +2,20 @@
 
 Each test run creates its own databases on the PostgreSQL at
 TUNEFLEET_TEST_PG_URL (default: the local server) and drops them afterwards.
+Migrating takes about a second; it runs once per test run, into a template
+database that every migrated database of the run is copied from. Likewise the
+built-in source model (digits-cnn, tens of seconds of CPU) is pretrained once
+per run and copied into the cache directory of each test that needs it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,9 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get(
-    "TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_TAG = uuid.uuid4().hex[:8]
 
 
@@ -32,14 +36,31 @@ def _admin_engine() -> sa.Engine:
     return sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
 
-def create_database(prefix: str = "tf_test") -> str:
-    """A new empty PostgreSQL database for this run; returns its URL."""
+def create_database(prefix: str = "tf_test", *, template: str | None = None) -> str:
+    """A new PostgreSQL database for this run, empty or a copy of `template`; returns its URL."""
     name = f"{prefix}_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
+    copy_of = f' TEMPLATE "{make_url(template).database}"' if template else ""
     engine = _admin_engine()
     with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"{copy_of}'))
     engine.dispose()
     return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+_migrated_template: str | None = None
+
+
+def create_migrated_database(prefix: str = "tf_test") -> str:
+    """A new database with Optuna's and TuneFleet's schema at head, copied from a template
+    that `tunefleet migrate` brought to head once per test run."""
+    global _migrated_template
+    if _migrated_template is None:
+        from service.migrate import migrate
+
+        template = create_database("tf_template")
+        migrate(template)
+        _migrated_template = template
+    return create_database(prefix, template=_migrated_template)
 
 
 def drop_database(url: str) -> None:
@@ -48,6 +69,30 @@ def drop_database(url: str) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+_source_models: Path | None = None
+
+
+def pretrained_source_models() -> Path:
+    """A cache directory holding the built-in source model, pretrained on the first call
+    of the run; tests give it to the engine as is, or copy it with copy_source_models."""
+    global _source_models
+    if _source_models is None:
+        from workers.transfer import builtin
+
+        cache = Path(tempfile.mkdtemp(prefix=f"tf_sources_{RUN_TAG}_"))
+        builtin.load_or_pretrain(cache)
+        _source_models = cache
+    return _source_models
+
+
+def copy_source_models(cache_dir: Path) -> Path:
+    """Put the run's pretrained source models into `cache_dir` (a worker's or the demo's)."""
+    shutil.copytree(
+        pretrained_source_models() / "sources", cache_dir / "sources", dirs_exist_ok=True
+    )
+    return cache_dir
 
 
 @pytest.fixture
@@ -59,21 +104,17 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def migrated_pg_url(pg_url: str) -> str:
+def migrated_pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database with Optuna's and TuneFleet's schema."""
-    from service.migrate import migrate
-
-    migrate(pg_url)
-    return pg_url
+    url = create_migrated_database()
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture(scope="module")
 def module_pg_url() -> Iterator[str]:
     """One migrated database shared by the tests of a module (they must not interfere)."""
-    from service.migrate import migrate
-
-    url = create_database()
-    migrate(url)
+    url = create_migrated_database()
     yield url
     drop_database(url)
 
@@ -149,8 +190,9 @@ def start_api_server(database_url: str, tmp_dir: Path, **settings: object) -> Ap
     except Exception:
         proc.kill()
         raise RuntimeError(f"API did not start:\n{log_path.read_text()}") from None
-    return ApiServer(url=url, database_url=database_url, proc=proc, log_path=log_path,
-                     settings=settings)
+    return ApiServer(
+        url=url, database_url=database_url, proc=proc, log_path=log_path, settings=settings
+    )
 
 
 @pytest.fixture
@@ -192,10 +234,16 @@ def _drop_leftover_databases() -> Iterator[None]:
     yield
     engine = _admin_engine()
     with engine.connect() as conn:
-        names = conn.execute(
-            sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-            {"p": f"%\\_{RUN_TAG}\\_%"},
-        ).scalars().all()
+        names = (
+            conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                {"p": f"%\\_{RUN_TAG}\\_%"},
+            )
+            .scalars()
+            .all()
+        )
         for name in names:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+    if _source_models is not None:
+        shutil.rmtree(_source_models, ignore_errors=True)

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 from tests.conftest import (
     REPO_ROOT,
     ApiServer,
-    create_database,
+    create_migrated_database,
     drop_database,
     start_api_server,
     subprocess_env,
@@ -272,10 +272,7 @@ def make_fleet_env(tmp_dir: Path, database_url: str, **settings: Any) -> Iterato
 @pytest.fixture(scope="module")
 def fleet_env_module(tmp_path_factory) -> Iterator[FleetEnv]:
     """One database and API process for a test module; each test gets it clean via fleet_env."""
-    url = create_database("tf_fleet")
-    from service.migrate import migrate
-
-    migrate(url)
+    url = create_migrated_database("tf_fleet")
     try:
         yield from make_fleet_env(tmp_path_factory.mktemp("fleet"), url)
     finally:

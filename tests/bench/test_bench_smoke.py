@@ -99,5 +99,10 @@ def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:
         "fp32+cache",
         "amp+cache",
     }
-    for variant in body["variants"].values():
+    # The engine's own training function ran, its feature cache filled once and then hit.
+    assert body["config"]["trained_by"] == "workers.transfer.train.fine_tune"
+    trials = body["config"]["trials_per_variant"]
+    for name, variant in body["variants"].items():
         assert positive(variant["images_per_s"]) and positive(variant["trials_per_min"])
+        cache = ["miss"] + ["hit"] * (trials - 1) if name.endswith("+cache") else ["off"] * trials
+        assert variant["feature_cache_per_trial"] == cache, name

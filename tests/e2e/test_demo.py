@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, copy_source_models
 from tests.e2e.helpers import processes_mentioning, wait_until
 
 pytestmark = pytest.mark.slow
@@ -26,6 +26,7 @@ def _demo_env(tmp_path) -> dict[str, str]:
 
 def test_demo_runs_the_builtin_study_and_leaves_no_process(tmp_path):
     data_dir = tmp_path / "demo"
+    copy_source_models(data_dir / "cache")  # pretrained once per test run
     result = subprocess.run(
         [sys.executable, "-m", "tunefleet", "demo", "--trials", "4", "--epochs", "2",
          "--data-dir", str(data_dir)],
@@ -53,6 +54,7 @@ def test_demo_runs_the_builtin_study_and_leaves_no_process(tmp_path):
 
 def test_demo_interrupted_with_ctrl_c_leaves_no_process(tmp_path):
     data_dir = tmp_path / "demo"
+    copy_source_models(data_dir / "cache")  # pretrained once per test run
     log = tmp_path / "demo.out"
     with open(log, "w") as out:
         proc = subprocess.Popen(

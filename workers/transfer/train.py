@@ -46,6 +46,8 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine (per step, to zero) | constant
     seed: int = 0  # spec seed + trial number
     device: str = "cpu"
+    mixed_precision: bool = True  # on CUDA: bf16 autocast, else fp16 with a GradScaler
+    channels_last: bool = True  # on CUDA: NHWC convolutions
 
     def validate(self) -> None:
         """Check the values against the spec's bounds (KNOWN_PARAMS), the one place they live."""
@@ -92,8 +94,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: torch.device):
-    dtype = autocast_dtype(device)
+def autocast(device: torch.device, enabled: bool = True):
+    dtype = autocast_dtype(device) if enabled else None
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -157,6 +159,7 @@ def predict(
     device: torch.device,
     *,
     raw_pixels: bool,
+    mixed_precision: bool = True,
 ) -> torch.Tensor:
     """Outputs of `forward` over `x` in batches, on the CPU."""
     outputs = []
@@ -165,7 +168,7 @@ def predict(
         xb = take(x, idx, device)
         if raw_pixels:
             xb = to_float(xb)
-        with autocast(device):
+        with autocast(device, mixed_precision):
             outputs.append(forward(xb).float().cpu())
     return torch.cat(outputs)
 
@@ -206,11 +209,11 @@ def fine_tune(
     started = time.perf_counter()
     device = torch.device(cfg.device)
     model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.channels_last:
         # NHWC convolutions, which tensor cores run fastest (bench/gpu.py measures it);
         # only 4-D weights change, and saved weights are made contiguous again.
         model.to(memory_format=torch.channels_last)
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device) if cfg.mixed_precision else None
     precision = str(dtype).removeprefix("torch.") if dtype else "float32"
 
     # With nothing to augment, the frozen part's output is the same in every trial.
@@ -223,13 +226,21 @@ def fine_tune(
         train_x, hit_train = feature_cache.get_or_compute(
             (*cache_key, "train", model.cut),
             lambda: predict(
-                model.frozen_features, place(data.train.x, device), device, raw_pixels=True
+                model.frozen_features,
+                place(data.train.x, device),
+                device,
+                raw_pixels=True,
+                mixed_precision=cfg.mixed_precision,
             ),
         )
         val_x, hit_val = feature_cache.get_or_compute(
             (*cache_key, "val", model.cut),
             lambda: predict(
-                model.frozen_features, place(data.val.x, device), device, raw_pixels=True
+                model.frozen_features,
+                place(data.val.x, device),
+                device,
+                raw_pixels=True,
+                mixed_precision=cfg.mixed_precision,
             ),
         )
         cache_state = "hit" if hit_train and hit_val else "miss"
@@ -276,7 +287,7 @@ def fine_tune(
                 xb = to_float(xb)
                 if cfg.augment_strength > 0:
                     xb = augment(xb, cfg.augment_strength, jitter)
-            with autocast(device):
+            with autocast(device, cfg.mixed_precision):
                 logits = forward(xb)
             loss = criterion(logits.float(), yb)
             if anchors:
@@ -291,7 +302,9 @@ def fine_tune(
             scheduler.step()
 
         model.eval()
-        val_logits = predict(forward, val_x, device, raw_pixels=not cached)
+        val_logits = predict(
+            forward, val_x, device, raw_pixels=not cached, mixed_precision=cfg.mixed_precision
+        )
         val_acc = (val_logits.argmax(1) == data.val.y).float().mean().item()
         history.append(val_acc)
         if val_acc > best_acc:

@@ -1,5 +1,11 @@
-"""A live API on a real PostgreSQL database, shared by the tests of a module,
-with tokens for two users, an admin and a worker."""
+"""The API in this process on a real PostgreSQL database, shared by the tests of a module,
+with tokens for two users, an admin and a worker.
+
+The app is the one `tunefleet serve` runs (service.main.create_app), lifespan and
+reaper included, called through Starlette's TestClient instead of a socket: the
+tests here check what the API answers, not how a process starts. A real uvicorn
+process serves the fleet, outage and end-to-end tests.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,20 @@ import itertools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import optuna
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from service import auth
+from service.config import load_settings
+from service.db import session_scope
+from service.main import create_app
 from service.search import distributions
-from tests.conftest import ApiServer, create_token, start_api_server
 from tunefleet.spec import StudySpec
 
 USERS = {"alice": "user", "bob": "user", "root": "admin", "gpu-node-1": "worker"}
@@ -23,26 +35,24 @@ _names = itertools.count()
 
 @dataclass
 class LiveApi:
-    server: ApiServer
+    """The app, its database and a token per user of USERS."""
+
+    app: FastAPI
+    database_url: str
     tokens: dict[str, str]
     _clients: dict[str, httpx.Client] = field(default_factory=dict)
 
-    @property
-    def url(self) -> str:
-        return self.server.url
+    def client(self, headers: dict[str, str] | None = None) -> TestClient:
+        """A new HTTP client of the app, usable from its own thread.
 
-    @property
-    def database_url(self) -> str:
-        return self.server.database_url
+        Not as a context manager: entering one runs the app's lifespan a second time.
+        """
+        return TestClient(self.app, headers=headers)
 
     def as_(self, who: str) -> httpx.Client:
         """An HTTP client that sends `who`'s token."""
         if who not in self._clients:
-            self._clients[who] = httpx.Client(
-                base_url=self.url,
-                headers={"Authorization": f"Bearer {self.tokens[who]}"},
-                timeout=30.0,
-            )
+            self._clients[who] = self.client({"Authorization": f"Bearer {self.tokens[who]}"})
         return self._clients[who]
 
     def close(self) -> None:
@@ -50,19 +60,30 @@ class LiveApi:
             client.close()
 
 
-@pytest.fixture(scope="module")
-def live_api(module_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
-    server = start_api_server(module_pg_url, tmp_path_factory.mktemp("api"))
-    try:
-        tokens = {
-            owner: create_token(module_pg_url, scope=scope, owner=owner)
+def make_tokens(app: FastAPI) -> dict[str, str]:
+    """A token for each of USERS, made the way `tunefleet token create` makes it."""
+    secret = app.state.settings.token_secret
+    with session_scope(app.state.engine) as session:
+        return {
+            owner: auth.create_token(session, scope=scope, owner=owner, secret=secret)
             for owner, scope in USERS.items()
         }
-        api = LiveApi(server=server, tokens=tokens)
+
+
+def in_process_app(database_url: str, data_dir: Path) -> FastAPI:
+    """The API's app on a migrated database, with the settings `tunefleet serve` would read."""
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
+    settings.ensure_dirs()
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def live_api(module_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    app = in_process_app(module_pg_url, tmp_path_factory.mktemp("api"))
+    with TestClient(app):  # runs the lifespan (the reaper) until the module's tests are done
+        api = LiveApi(app=app, database_url=module_pg_url, tokens=make_tokens(app))
         yield api
         api.close()
-    finally:
-        server.stop()
 
 
 def unique_name(prefix: str = "study") -> str:

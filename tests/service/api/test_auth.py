@@ -1,8 +1,7 @@
-"""Who may do what: tokens, scopes and owners, through real HTTP."""
+"""Who may do what: tokens, scopes and owners, through the API's HTTP interface."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -43,16 +42,18 @@ def user_routes(study_id: int) -> list[tuple[str, str, dict | None]]:
 def test_missing_or_bad_token_is_401_with_www_authenticate(
     live_api: LiveApi, headers: dict
 ) -> None:
+    anonymous = live_api.client()
     for method, path in [("GET", STUDIES), ("POST", STUDIES), ("GET", f"{STUDIES}/1/trials")]:
-        answer = httpx.request(method, live_api.url + path, headers=headers, json={})
+        answer = anonymous.request(method, path, headers=headers, json={})
         assert answer.status_code == 401, (method, path, answer.text)
         assert answer.headers["WWW-Authenticate"] == "Bearer"
         assert error_of(answer)["code"] == "unauthorized"
 
 
 def test_health_and_metrics_need_no_token(live_api: LiveApi) -> None:
-    assert httpx.get(live_api.url + "/healthz").status_code == 200
-    assert httpx.get(live_api.url + "/metrics").status_code == 200
+    anonymous = live_api.client()
+    assert anonymous.get("/healthz").status_code == 200
+    assert anonymous.get("/metrics").status_code == 200
 
 
 def test_worker_token_cannot_use_the_study_api(live_api: LiveApi) -> None:
@@ -104,7 +105,7 @@ def test_revoked_token_is_401(live_api: LiveApi) -> None:
     try:
         with session_scope(engine) as session:
             token = create_token(session, scope="user", owner="carol", secret=settings.token_secret)
-        client = httpx.Client(base_url=live_api.url, headers={"Authorization": f"Bearer {token}"})
+        client = live_api.client({"Authorization": f"Bearer {token}"})
         assert client.get(STUDIES).status_code == 200
         with engine.begin() as conn:
             conn.execute(
@@ -151,5 +152,5 @@ def test_chosen_token_is_idempotent_for_its_owner(live_api: LiveApi) -> None:
             create_token(session, scope="admin", owner="fleet", secret=secret, value=value)
     finally:
         engine.dispose()
-    answer = httpx.get(live_api.url + STUDIES, headers={"Authorization": f"Bearer {value}"})
+    answer = live_api.client({"Authorization": f"Bearer {value}"}).get(STUDIES)
     assert answer.status_code == 403  # a worker token: authenticated, not allowed here

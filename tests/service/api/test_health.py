@@ -1,33 +1,46 @@
-"""Liveness and readiness of a real API process."""
+"""Liveness and readiness of the API on its own migrated database."""
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Iterator
+from pathlib import Path
 
-from service.migrate import head_revision
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from service.migrate import head_revision, migrate
+from tests.service.api.conftest import in_process_app
 
 
-def test_healthz_and_readyz_on_a_migrated_database(api_server):
-    assert httpx.get(f"{api_server.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{api_server.url}/readyz")
+@pytest.fixture
+def api(migrated_pg_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(in_process_app(migrated_pg_url, tmp_path)) as client:
+        yield client
+
+
+def test_healthz_and_readyz_on_a_migrated_database(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["revision"] == head_revision()
 
 
-def test_readyz_is_503_when_the_schema_falls_behind_then_200_after_migrate(api_server):
-    import sqlalchemy as sa
+def test_readyz_is_503_when_the_schema_falls_behind_then_200_after_migrate(
+    api: TestClient, migrated_pg_url: str
+) -> None:
     from alembic import command
 
-    from service.migrate import alembic_config, migrate
+    from service.migrate import alembic_config
 
-    engine = sa.create_engine(api_server.database_url, poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(migrated_pg_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:  # as if an older release had migrated this database
-        cfg = alembic_config(api_server.database_url)
+        cfg = alembic_config(migrated_pg_url)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001_initial")
     engine.dispose()
-    answer = httpx.get(f"{api_server.url}/readyz")
+    answer = api.get("/readyz")
     assert answer.status_code == 503
     assert "tunefleet migrate" in answer.json()["message"]
-    migrate(api_server.database_url)
-    assert httpx.get(f"{api_server.url}/readyz").status_code == 200
+    migrate(migrated_pg_url)
+    assert api.get("/readyz").status_code == 200

@@ -1,11 +1,10 @@
-"""The study API through real HTTP on a real PostgreSQL database."""
+"""The study API through its HTTP interface on a real PostgreSQL database."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -87,9 +86,12 @@ def test_concurrent_creates_of_one_name_make_one_study(live_api: LiveApi) -> Non
     spec = study_spec()
 
     def create(_: int) -> int:
-        with httpx.Client(base_url=live_api.url, timeout=60) as client:
-            headers = {"Authorization": f"Bearer {live_api.tokens['alice']}"}
-            return client.post(STUDIES, json=spec, headers=headers).status_code
+        # A client per thread: each sends its request while the others do.
+        client = live_api.client({"Authorization": f"Bearer {live_api.tokens['alice']}"})
+        try:
+            return client.post(STUDIES, json=spec).status_code
+        finally:
+            client.close()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         statuses = sorted(pool.map(create, range(4)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -30,10 +29,11 @@ def test_admin_creates_a_token_that_works_and_is_listed_without_its_value(live_a
     expires = datetime.fromisoformat(made["expires_at"])
     assert timedelta(days=29) < expires - datetime.now(UTC) <= timedelta(days=30)
 
-    studies = httpx.get(live_api.url + "/api/v1/studies", headers=_bearer(made["token"]))
+    as_dora = live_api.client(_bearer(made["token"]))
+    studies = as_dora.get("/api/v1/studies")
     assert studies.status_code == 200, studies.text
 
-    listed = httpx.get(live_api.url + TOKENS, headers=_bearer(made["token"])).json()
+    listed = as_dora.get(TOKENS).json()
     assert [t["id"] for t in listed["data"]] == [made["id"]]  # a user sees their own only
     assert listed["data"][0]["last_used_at"] is not None
     assert made["token"] not in str(listed)
@@ -66,7 +66,7 @@ def test_a_bad_token_request_is_422_with_its_path(live_api: LiveApi, body: dict,
 
 def test_a_revoked_token_is_401_saying_so(live_api: LiveApi):
     made = _make(live_api, scope="user", owner="erin")
-    client = httpx.Client(base_url=live_api.url, headers=_bearer(made["token"]))
+    client = live_api.client(_bearer(made["token"]))
     revoked = client.post(f"{TOKENS}/{made['id']}/revoke")  # a user revokes their own
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["revoked_at"] is not None
@@ -85,7 +85,7 @@ def test_another_owners_token_cannot_be_revoked_or_seen(live_api: LiveApi):
     assert answer.status_code == 404
     worker = live_api.as_("gpu-node-1").post(f"{TOKENS}/{made['id']}/revoke")
     assert worker.status_code == 403
-    still = httpx.get(live_api.url + "/api/v1/studies", headers=_bearer(made["token"]))
+    still = live_api.client(_bearer(made["token"])).get("/api/v1/studies")
     assert still.status_code == 200
 
 
@@ -99,6 +99,6 @@ def test_an_expired_token_is_401_saying_so(live_api: LiveApi):
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     engine.dispose()
-    answer = httpx.get(live_api.url + "/api/v1/studies", headers=_bearer(made["token"]))
+    answer = live_api.client(_bearer(made["token"])).get("/api/v1/studies")
     assert answer.status_code == 401
     assert "expired" in error_of(answer)["message"]

@@ -1,4 +1,4 @@
-"""The trials of a study through real HTTP: list, show, enqueue."""
+"""The trials of a study through the API's HTTP interface: list, show, enqueue."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def load(api: LiveApi, study: dict[str, Any]) -> tuple[optuna.Study, StudySpec]:
     return optuna_study, StudySpec.model_validate(study["spec"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_objective_study(live_api: LiveApi) -> dict[str, Any]:
     """A study with trials in every state, as workers would leave them:
-    numbers 0-3 complete, 4 pruned, 5 failed, 6 running."""
+    numbers 0-3 complete, 4 pruned, 5 failed, 6 running. The tests using it only read."""
     study = create_study(
         live_api.as_("alice"),
         objectives=[

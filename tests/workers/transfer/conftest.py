@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import pretrained_source_models
+
 _numbers = itertools.count()
 
 
@@ -23,9 +25,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the built-in source model is pretrained once for the whole session."""
-    return tmp_path_factory.mktemp("transfer-cache")
+def cache_dir() -> Path:
+    """Where the built-in source model is pretrained once for the whole test run."""
+    return pretrained_source_models()
 
 
 @pytest.fixture
