@@ -303,6 +303,19 @@ class Budget(SpecModel):
         900, ge=1, le=7 * 24 * 3600, description="Wall-clock limit of one trial."
     )
     max_retries: int = Field(2, ge=0, le=10, description="Re-runs of a trial whose worker died.")
+    max_failed_trials: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Trials that may fail for good (not re-run) before the study is failed; "
+        "default: max_trials, at most 10.",
+    )
+
+    def failed_trials_cap(self) -> int:
+        """How many trials may fail for good before the study fails."""
+        if self.max_failed_trials is not None:
+            return self.max_failed_trials
+        return min(10, self.max_trials)
 
 
 # The spec -------------------------------------------------------------------
