@@ -318,6 +318,14 @@ class Budget(SpecModel):
         return min(10, self.max_trials)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong, and where (1-based line and column)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 # The spec -------------------------------------------------------------------
 
 _EXAMPLE = {
@@ -649,7 +657,7 @@ class StudySpec(SpecModel):
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
                 raise SpecError(
-                    [{"path": "", "message": f"not valid JSON or YAML: {exc}"}]
+                    [{"path": "", "message": f"not valid JSON or YAML: {_yaml_problem(exc)}"}]
                 ) from exc
         if not isinstance(data, dict):
             raise SpecError([{"path": "", "message": "a spec must be a mapping of fields"}])
