@@ -1,5 +1,10 @@
 """A study's budget and what follows from it: when a failed trial is re-queued,
-and when a study is complete.
+when a study is complete, and when it has failed.
+
+A trial that fails for good (not re-queued) counts against
+``budget.max_failed_trials``; past it the study is ``failed`` with the last
+reason, so a study that cannot run (a missing weights file, a device that is
+not there) stops instead of burning trials without end.
 
 The budget's defaults and bounds are the spec's (`tunefleet.spec.Budget`);
 a study's row keeps its spec as validated JSON.
@@ -40,6 +45,7 @@ class Budget:
     max_trials: int
     max_retries: int
     trial_timeout_s: int
+    max_failed_trials: int
 
     def attempts_cap(self) -> int:
         """Trials a study may ever start: a study whose every trial fails stops here."""
@@ -53,6 +59,7 @@ def spec_budget(spec: dict | None) -> Budget:
         max_trials=budget.max_trials,
         max_retries=budget.max_retries,
         trial_timeout_s=budget.trial_timeout_s,
+        max_failed_trials=budget.failed_trials_cap(),
     )
 
 
@@ -97,6 +104,10 @@ def fail_and_requeue(
         requeue=retry,
         worker=lease_worker_attrs(lease),
     )
+    if not retry and record.state == StudyState.RUNNING:
+        # Failed for good: counted (in SQL, so that concurrent failures add up).
+        record.failed_trials = StudyRecord.failed_trials + 1
+        record.last_failure = reason[:2000]
     outcome: dict = {"state": trial.state.name, "reason": reason}
     if retry_trial is not None:
         outcome["retry_trial_id"] = trial_id_of(retry_trial)
@@ -105,21 +116,32 @@ def fail_and_requeue(
 
 
 def settle_study(session: Session, *, storage: BaseStorage, study_id: int) -> None:
-    """Mark a running study completed once its budget is used up and nothing runs."""
-    record = session.get(StudyRecord, study_id)
+    """Mark a running study failed once too many trials failed for good, or completed
+    once its budget is used up and nothing runs."""
+    record = session.get(StudyRecord, study_id, populate_existing=True)
     if record is None or record.state != StudyState.RUNNING:
         return
-    counts = study_of(storage, record).counts()
     budget = study_budget(record)
+    if record.failed_trials >= budget.max_failed_trials:
+        # At once, running trials or not: their workers are told to stop.
+        _finish(session, study_id, StudyState.FAILED)
+        return
+    counts = study_of(storage, record).counts()
     if counts["RUNNING"]:
         return
-    done = counts["COMPLETE"] + counts["PRUNED"] >= budget.max_trials
-    started = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    finished = counts["COMPLETE"] + counts["PRUNED"]
+    done = finished >= budget.max_trials
+    started = finished + counts["FAIL"]
     exhausted = started >= budget.attempts_cap() and counts["WAITING"] == 0
     if done or exhausted:
-        session.execute(
-            sa.update(StudyRecord)
-            .where(StudyRecord.id == study_id, StudyRecord.state == StudyState.RUNNING)
-            .values(state=StudyState.COMPLETED, updated_at=utcnow())
-        )
-        session.commit()
+        # Every attempt used and not one result: that is a failure, not a completion.
+        _finish(session, study_id, StudyState.FAILED if finished == 0 else StudyState.COMPLETED)
+
+
+def _finish(session: Session, study_id: int, state: StudyState) -> None:
+    session.execute(
+        sa.update(StudyRecord)
+        .where(StudyRecord.id == study_id, StudyRecord.state == StudyState.RUNNING)
+        .values(state=state, updated_at=utcnow())
+    )
+    session.commit()

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 # How far back the leases handed out count towards a study's share.
 FAIR_SHARE_WINDOW_S = 60.0
-_STOPPING_STUDY_STATES = (StudyState.PAUSED, StudyState.STOPPED)
+_STOPPING_STUDY_STATES = (StudyState.PAUSED, StudyState.STOPPED, StudyState.FAILED)
 
 
 def _assignment(lease: Lease, record: StudyRecord, params: dict, settings: Settings) -> Assignment:

@@ -57,12 +57,13 @@ class Base(DeclarativeBase):
 
 
 class StudyState(StrEnum):
-    """The state of a study: running, paused, stopped or completed."""
+    """The state of a study: running, paused, stopped, completed or failed."""
 
     RUNNING = "running"  # leases hand out its trials
     PAUSED = "paused"  # no new trials; running ones are told to stop
     STOPPED = "stopped"  # for good: nothing runs or is re-queued
     COMPLETED = "completed"  # its budget is used up and nothing runs
+    FAILED = "failed"  # more trials failed than budget.max_failed_trials; resume retries
 
 
 class LeaseState(StrEnum):
@@ -114,6 +115,9 @@ class StudyRecord(Base):
     priority: Mapped[int] = mapped_column(default=0)
     optuna_study_name: Mapped[str] = mapped_column(sa.String(512), unique=True)
     optuna_study_id: Mapped[int | None] = mapped_column(default=None)
+    # Trials that failed for good (not re-queued) since the study last (re)started.
+    failed_trials: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_failure: Mapped[str | None] = mapped_column(sa.Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -99,7 +99,16 @@ class StudyPublic(_Out):
     id: int = Field(description="TuneFleet's study id; the API addresses studies by it.")
     name: str = Field(description="Name, unique among the owner's studies.")
     owner: str = Field(description="Who created it.")
-    state: StudyState = Field(description="running, paused, stopped or completed.")
+    state: StudyState = Field(
+        description="running, paused, stopped, completed or failed (too many trials "
+        "failed: see fail_reason; resume tries again)."
+    )
+    failed_trials: int = Field(
+        0, description="Trials that failed for good since the study (re)started."
+    )
+    fail_reason: str | None = Field(
+        None, description="Why a failed study failed: the last trial's failure."
+    )
     priority: int = Field(description="0..100; higher gets a larger share of the workers.")
     objectives: list[ObjectivePublic] = Field(description="Metrics and directions.")
     optuna_study_name: str = Field(description="The study's name in Optuna and its dashboard.")

@@ -49,8 +49,12 @@ log = logging.getLogger(__name__)
 # action -> (states it applies to, resulting state); the target state itself is a no-op.
 TRANSITIONS: dict[str, tuple[tuple[StudyState, ...], StudyState]] = {
     "pause": ((StudyState.RUNNING,), StudyState.PAUSED),
-    "resume": ((StudyState.PAUSED,), StudyState.RUNNING),
-    "stop": ((StudyState.RUNNING, StudyState.PAUSED, StudyState.COMPLETED), StudyState.STOPPED),
+    # A failed study resumes with its count of failed trials reset (the cause fixed).
+    "resume": ((StudyState.PAUSED, StudyState.FAILED), StudyState.RUNNING),
+    "stop": (
+        (StudyState.RUNNING, StudyState.PAUSED, StudyState.COMPLETED, StudyState.FAILED),
+        StudyState.STOPPED,
+    ),
 }
 
 
@@ -164,6 +168,9 @@ def change_study_state(
                 "; create a new study to search again" if record.state == StudyState.STOPPED else ""
             )
             raise Conflict(f"cannot {action} a study that is {record.state}{hint}")
+        if record.state == StudyState.FAILED:
+            record.failed_trials = 0
+            record.last_failure = None
         record.state = target
         session.flush()
     return study_public(record)
@@ -192,6 +199,8 @@ def study_public(record: StudyRecord) -> StudyPublic:
         name=record.name,
         owner=record.owner,
         state=record.state,
+        failed_trials=record.failed_trials,
+        fail_reason=record.last_failure if record.state == StudyState.FAILED else None,
         priority=record.priority,
         objectives=[ObjectivePublic(**o) for o in record.spec.get("objectives", [])],
         optuna_study_name=record.optuna_study_name,

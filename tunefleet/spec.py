@@ -303,6 +303,27 @@ class Budget(SpecModel):
         900, ge=1, le=7 * 24 * 3600, description="Wall-clock limit of one trial."
     )
     max_retries: int = Field(2, ge=0, le=10, description="Re-runs of a trial whose worker died.")
+    max_failed_trials: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Trials that may fail for good (not re-run) before the study is failed; "
+        "default: max_trials, at most 10.",
+    )
+
+    def failed_trials_cap(self) -> int:
+        """How many trials may fail for good before the study fails."""
+        if self.max_failed_trials is not None:
+            return self.max_failed_trials
+        return min(10, self.max_trials)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong, and where (1-based line and column)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 # The spec -------------------------------------------------------------------
@@ -636,7 +657,7 @@ class StudySpec(SpecModel):
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
                 raise SpecError(
-                    [{"path": "", "message": f"not valid JSON or YAML: {exc}"}]
+                    [{"path": "", "message": f"not valid JSON or YAML: {_yaml_problem(exc)}"}]
                 ) from exc
         if not isinstance(data, dict):
             raise SpecError([{"path": "", "message": "a spec must be a mapping of fields"}])

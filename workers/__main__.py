@@ -1,7 +1,10 @@
 """`python -m workers ...` is `tunefleet worker ...` (without importing the service)."""
 
-import sys
+import typer
 
-from tunefleet.cli import app
+from tunefleet.cli.worker import worker
 
-app(["worker", *sys.argv[1:]], prog_name="python -m workers")
+# A one-command app: the usage line reads `python -m workers [OPTIONS]`.
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(worker)
+app(prog_name="python -m workers")

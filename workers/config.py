@@ -23,6 +23,32 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_problem(device: str) -> str | None:
+    """Why a worker could not run on this device (None: it can), checked before any lease."""
+    if device == "cpu":
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"{device!r} is not a device: use cpu, cuda, cuda:N (or auto)"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"{device!r} but no CUDA GPU is visible here: use --device cpu (or auto)"
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return f"{device!r} but this machine has {count} GPU(s): cuda:0..cuda:{count - 1}"
+        return None
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            return f"{device!r} but MPS is not available here: use --device cpu"
+        return None
+    if parsed.type != "cpu":
+        return f"{device!r}: the worker runs on cpu, cuda or cuda:N"
+    return None
+
+
 def default_worker_id(device: str) -> str:
     """hostname-pid-device: unique per process, readable in the trial list."""
     return f"{socket.gethostname()}-{os.getpid()}-{device}".replace(" ", "_")
@@ -57,6 +83,17 @@ class WorkerSettings(BaseSettings):
         default=10.0, gt=0, description="Longest wait between two lease requests when idle."
     )
     backoff_base_s: float = Field(default=0.5, gt=0, description="First retry delay.")
+    failure_backoff_after: int = Field(
+        default=3,
+        ge=1,
+        description="Trials in a row failing with the same error before the worker waits.",
+    )
+    failure_backoff_base_s: float = Field(
+        default=2.0, gt=0, description="First wait after repeated same-error failures."
+    )
+    failure_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="Cap of the wait after repeated failures."
+    )
     backoff_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry delay.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="One HTTP request.")
     objective: str = Field(

@@ -4,7 +4,9 @@ Shaped like rq's worker: the loop checks for a stop request, takes work, runs
 it with a heartbeat beside it, and goes on. A first SIGTERM or SIGINT lets the
 current trial finish and then exits; a second one lets go of the trial (the
 service re-queues it) and exits at once. A trial that raises is reported as
-failed and the worker carries on.
+failed and the worker carries on; when several in a row fail with the same
+error (a missing file, a device that is not there), it waits longer and longer
+before the next lease instead of failing trial after trial.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from tunefleet.http import Backoff, Interrupted, Unreachable
 from tunefleet.protocol import WORKER_INTERRUPTED, Assignment
 from workers.client import Rejected, ServiceClient
-from workers.config import WorkerSettings
+from workers.config import WorkerSettings, device_problem
 
 __all__ = [
     "Objective",
@@ -133,6 +135,8 @@ class Worker:
         max_trials: int | None = None,
         idle_exit_s: float | None = None,
         poll_interval_max_s: float = 10.0,
+        failure_backoff_after: int = 3,
+        failure_backoff: Backoff | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -149,6 +153,11 @@ class Worker:
         self.force_stop = client.abort
         self._in_objective = False
         self.trials_run = 0
+        # The same error this many trials in a row: back off before the next lease.
+        self.failure_backoff_after = failure_backoff_after
+        self.failure_backoff = failure_backoff or Backoff(base_s=2.0, max_s=300.0)
+        self._last_error: str | None = None
+        self.same_error_streak = 0
 
     # Signals ---------------------------------------------------------------
 
@@ -203,9 +212,32 @@ class Worker:
             self.trials_run += 1
             idle_since = time.monotonic()
             if self.max_trials is not None and self.trials_run >= self.max_trials:
-                log.info("ran %d trials: exiting", self.trials_run)
+                log.info("ran %s: exiting", _trials(self.trials_run))
                 break
+            self._back_off_after_repeated_failures()
         return self.trials_run
+
+    def _note_failure(self, error: str | None) -> None:
+        """Count trials in a row that failed with the same error (None: one that did not)."""
+        if error is not None and error == self._last_error:
+            self.same_error_streak += 1
+        else:
+            self.same_error_streak = 0 if error is None else 1
+        self._last_error = error
+
+    def _back_off_after_repeated_failures(self) -> None:
+        excess = self.same_error_streak - self.failure_backoff_after
+        if excess < 0:
+            return
+        delay = self.failure_backoff.delay(excess)
+        log.warning(
+            "%d trials in a row failed with the same error on this worker (%s): "
+            "waiting %.0fs before the next lease; fix the cause (device, files) or stop the worker",
+            self.same_error_streak,
+            self._last_error,
+            delay,
+        )
+        self.stop_requested.wait(delay)
 
     def run(self, assignment: Assignment) -> None:
         """Run one leased trial to its end: complete, pruned, failed or let go."""
@@ -250,9 +282,15 @@ class Worker:
             if is_pruned(error):
                 # The service marked the trial PRUNED when it answered prune=true.
                 log.info("trial %s pruned: %s", trial.trial_id, error)
+                self._note_failure(None)
                 return
-            log.exception("trial %s raised", trial.trial_id)
             reason = f"{type(error).__name__}: {error}"
+            self._note_failure(reason)
+            if self.same_error_streak > 1:
+                # The traceback was logged with the first of the streak.
+                log.error("trial %s raised again: %s", trial.trial_id, reason)
+            else:
+                log.exception("trial %s raised", trial.trial_id)
             self._send(
                 lambda: self.client.fail(trial.trial_id, reason=reason, requeue=False), trial
             )
@@ -260,6 +298,7 @@ class Worker:
         if trial.abandoned.is_set():
             self._let_go(trial, f"abandoned: {trial.abandon_reason}")
             return
+        self._note_failure(None)
         values, attrs, artifact = _unpack(result)
         outcome = self._send(
             lambda: self.client.complete(
@@ -331,6 +370,10 @@ class Worker:
                     return None
 
 
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
 def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:
     """(values, attrs, artifact) of a TrialResult, or of a mapping with the same keys."""
     if isinstance(result, Mapping):
@@ -367,6 +410,8 @@ def run_worker(settings: WorkerSettings, *, objective: Objective | None = None) 
         max_trials=settings.max_trials,
         idle_exit_s=settings.idle_exit_s,
         poll_interval_max_s=settings.poll_interval_max_s,
+        failure_backoff_after=settings.failure_backoff_after,
+        failure_backoff=Backoff(settings.failure_backoff_base_s, settings.failure_backoff_max_s),
     )
     if threading.current_thread() is threading.main_thread():
         worker.install_signal_handlers()
@@ -374,7 +419,7 @@ def run_worker(settings: WorkerSettings, *, objective: Objective | None = None) 
         return worker.work()
 
 
-def run_worker_command(**options: Any) -> int:
+def run_worker_command(*, warm: bool = False, **options: Any) -> int:
     """`tunefleet worker`: settings from the options over TUNEFLEET_*; returns the exit code."""
     from pydantic import ValidationError
 
@@ -392,6 +437,14 @@ def run_worker_command(**options: Any) -> int:
     if not settings.token:
         log.error("no token: pass --token or set TUNEFLEET_TOKEN (a worker-scope token)")
         return 2
+    problem = device_problem(settings.resolved_device())
+    if problem is not None:
+        log.error("bad setting TUNEFLEET_DEVICE (--device): %s", problem)
+        return 2
+    if warm:
+        from workers.transfer.builtin import warm_cache
+
+        warm_cache(settings.cache_dir)
     try:
         run_worker(settings)
     except Rejected as error:

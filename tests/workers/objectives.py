@@ -53,3 +53,12 @@ def not_a_number(
     assignment: Assignment, report, *, device: str, cache_dir: Path, artifact_dir: Path
 ):
     return {"values": {metric: math.nan for metric in assignment.spec.metric_names}}
+
+
+def engine(assignment: Assignment, report, *, device: str, cache_dir: Path, artifact_dir: Path):
+    """The real trial engine (torch), for specs that must fail the way a user's would."""
+    from workers.transfer import run_trial
+
+    return run_trial(
+        assignment, report, device=device, cache_dir=cache_dir, artifact_dir=artifact_dir
+    )

@@ -20,17 +20,24 @@ def fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def service_errors() -> Iterator[None]:
+def service_errors(*, database_url_option: bool = False) -> Iterator[None]:
     """Turn the service's setting and domain errors into :class:`CliError`.
 
+    With ``database_url_option`` (the URL came from --database-url), a message
+    naming TUNEFLEET_DATABASE_URL names the option instead.
     Imports the service, so only the commands that run it use this.
     """
     from service.config import SettingsError
     from service.errors import TuneFleetError
 
+    def named(message: str) -> str:
+        if database_url_option:
+            return message.replace("TUNEFLEET_DATABASE_URL=", "--database-url ")
+        return message
+
     try:
         yield
     except SettingsError as error:
-        raise CliError(f"bad setting: {error}", exit_code=2) from None
+        raise CliError(f"bad setting: {named(str(error))}", exit_code=2) from None
     except TuneFleetError as error:
-        raise CliError(error.message) from None
+        raise CliError(named(error.message)) from None

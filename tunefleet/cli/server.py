@@ -31,7 +31,7 @@ def service_settings(**overrides):
 
 def migrate(database_url: DatabaseUrl = None) -> None:
     """Create or upgrade Optuna's schema and TuneFleet's tables (idempotent, safe concurrently)."""
-    with service_errors():
+    with service_errors(database_url_option=database_url is not None):
         from service.db import redact_url
         from service.migrate import migrate as run_migrate
 
@@ -48,7 +48,7 @@ def serve(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Serve the REST API (uvicorn). Run `tunefleet migrate` first."""
-    with service_errors():
+    with service_errors(database_url_option=database_url is not None):
         import uvicorn
 
         from service.migrate import check_database

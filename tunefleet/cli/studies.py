@@ -32,7 +32,9 @@ Token = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON, for scripts.")]
-StudyRef = Annotated[str, typer.Argument(help="The study's name or id.")]
+StudyRef = Annotated[
+    str, typer.Argument(help="The study's name, or id:N for its id (a bare number: a name first).")
+]
 DEFAULT_SERVICE = "http://127.0.0.1:8000"
 
 
@@ -45,9 +47,30 @@ def _client(service: str, token: str) -> TuneFleetClient:
     return TuneFleetClient(service, token)
 
 
-def _call(service: str, token: str, fn, *args: Any, **kwargs: Any) -> Any:
+def resolve_study(client: TuneFleetClient, ref: str | int) -> int:
+    """A study's id from `id:N`, else from its name; a bare number no study is named is an id."""
+    if isinstance(ref, int):
+        return ref
+    kind, sep, rest = str(ref).partition(":")
+    if sep and kind == "id":
+        if not rest.isdigit():
+            raise CliError(f"{ref!r}: write a study id as id:N, e.g. id:3")
+        return int(rest)
+    try:
+        return int(client.study_by_name(str(ref))["id"])
+    except ApiError as error:
+        if error.status_code == 404 and str(ref).isdigit():
+            return int(ref)
+        raise
+
+
+def _call(service: str, token: str, fn, *args: Any, study: str | None = None, **kwargs) -> Any:
+    """Run fn(client, ...) and turn the client's errors into one line; `study` is resolved
+    to an id first and passed as the first argument."""
     with _client(service, token) as client:
         try:
+            if study is not None:
+                args = (resolve_study(client, study), *args)
             return fn(client, *args, **kwargs)
         except ApiError as error:
             raise CliError(_explain(error)) from None
@@ -68,7 +91,12 @@ def _explain(error: ApiError) -> str:
         401: " (check --token / TUNEFLEET_TOKEN)",
         403: " (this token's scope may not do that)",
     }.get(error.status_code, "")
-    return f"{error}{hint}"
+    message = error.message
+    if error.path:
+        where = ".".join(str(p) for p in error.path)
+        if where not in message:  # most messages start with their path already
+            message = f"{where}: {message}"
+    return f"{message}{hint}"
 
 
 def _print_json(data: Any) -> None:
@@ -93,7 +121,9 @@ def create(
 
 @study_app.command("list")
 def list_studies(
-    state: Annotated[str | None, typer.Option(help="running, paused, stopped, completed.")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="running, paused, stopped, completed or failed.")
+    ] = None,
     limit: int = 50,
     offset: int = 0,
     service: Service = DEFAULT_SERVICE,
@@ -116,11 +146,12 @@ def show(
     study: StudyRef, service: Service = DEFAULT_SERVICE, token: Token = "", as_json: AsJson = False
 ) -> None:
     """A study's state, trial counts and best trial (or Pareto front)."""
-    data = _call(service, token, TuneFleetClient.study, study)
+    data = _call(service, token, TuneFleetClient.study, study=study)
     if as_json:
         _print_json(data)
         return
     out.print(summary_line(data))
+    out.print()
     out.print(best_table(data))
 
 
@@ -131,7 +162,7 @@ def _control(action: str):
         token: Token = "",
         as_json: AsJson = False,
     ) -> None:
-        data = _call(service, token, TuneFleetClient.control, study, action)
+        data = _call(service, token, TuneFleetClient.control, action, study=study)
         if as_json:
             _print_json(data)
         else:
@@ -139,7 +170,7 @@ def _control(action: str):
 
     command.__doc__ = {
         "pause": "Pause: no new trials; running ones are told to stop at their next heartbeat.",
-        "resume": "Resume a paused study.",
+        "resume": "Resume a paused or failed study (a failed one with its count reset).",
         "stop": "Stop for good: no new trials; running ones stop at their next heartbeat.",
     }[action]
     return command
@@ -159,7 +190,7 @@ def delete(
     """Delete a study and its Optuna study, trials included."""
     if not yes and not typer.confirm(f"Delete study {study} and all its trials?"):
         raise typer.Exit(1)
-    _call(service, token, TuneFleetClient.delete_study, study)
+    _call(service, token, TuneFleetClient.delete_study, study=study)
     out.print(f"deleted study {study}")
 
 
@@ -170,9 +201,15 @@ def watch(
     service: Service = DEFAULT_SERVICE,
     token: Token = "",
 ) -> None:
-    """Live progress until the study finishes (Ctrl-C stops watching, not the study)."""
-    final = _call(service, token, lambda c: watch_study(c, study, out, interval_s=interval))
+    """Live progress until the study ends (Ctrl-C stops watching, not the study);
+    exit code 1 when it ends failed or stopped."""
+    final = _call(
+        service, token, lambda c, ref: watch_study(c, ref, out, interval_s=interval), study=study
+    )
+    out.print()
     out.print(best_table(final))
+    if final["state"] in ("failed", "stopped"):
+        raise typer.Exit(1)
 
 
 @study_app.command("enqueue")
@@ -185,14 +222,15 @@ def enqueue(
     token: Token = "",
     as_json: AsJson = False,
 ) -> None:
-    """Queue a trial with fixed parameters; the next free worker runs it."""
+    """Queue a trial with fixed parameters (the sampler picks those left out; none: all of
+    them); the next free worker runs it."""
     params: dict[str, Any] = {}
     for item in param:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise CliError(f"--param {item!r}: write it as name=value, e.g. lr=0.01")
         params[name] = yaml.safe_load(value)
-    data = _call(service, token, TuneFleetClient.enqueue, study, params)
+    data = _call(service, token, TuneFleetClient.enqueue, params, study=study)
     if as_json:
         _print_json(data)
     else:
@@ -206,7 +244,10 @@ def trials(
     ] = None,
     order_by: Annotated[
         str | None,
-        typer.Option("--order-by", help="An objective's metric; best first."),
+        typer.Option(
+            "--order-by",
+            help="An objective's metric, best first, or number; default: the first objective.",
+        ),
     ] = None,
     limit: int = 50,
     offset: int = 0,
@@ -214,14 +255,16 @@ def trials(
     token: Token = "",
     as_json: AsJson = False,
 ) -> None:
-    """List a study's trials, filtered by state and sorted by an objective."""
+    """List a study's trials, best first (by the first objective), filtered by state."""
 
-    def fetch(client: TuneFleetClient) -> tuple[dict, dict]:
-        return client.study(study), client.trials(
-            study, state=state, order_by=order_by, limit=limit, offset=offset
+    def fetch(client: TuneFleetClient, study_id: int) -> tuple[dict, dict]:
+        data = client.study(study_id)
+        order = order_by or data["spec"]["objectives"][0]["metric"]
+        return data, client.trials(
+            study_id, state=state, order_by=order, limit=limit, offset=offset
         )
 
-    data, page = _call(service, token, fetch)
+    data, page = _call(service, token, fetch, study=study)
     if as_json:
         _print_json(page)
         return

@@ -10,10 +10,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tunefleet.client import TuneFleetClient
 
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+# States a study does not leave by itself: watching ends there.
+ENDED_STUDY_STATES = ("completed", "stopped", "failed")
 
 
 def counts_of(study: dict) -> dict[str, int]:
@@ -48,7 +51,7 @@ def best_table(study: dict) -> Table:
     table.add_column("trial", justify="right")
     for metric in metrics:
         table.add_column(metric, justify="right")
-    table.add_column("params")
+    table.add_column("params", overflow="fold")
     for trial in best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.get("params", {}).items()))
         table.add_row(str(trial["number"]), *_values(trial, metrics), params)
@@ -58,13 +61,19 @@ def best_table(study: dict) -> Table:
 def studies_table(studies: list[dict]) -> Table:
     table = Table(title="Studies")
     for column in ("id", "name", "state", "priority", "objectives", "created"):
-        table.add_column(column, justify="right" if column in ("id", "priority") else "left")
+        # Fold, never cut: a name is what the user types next.
+        table.add_column(
+            column,
+            justify="right" if column in ("id", "priority") else "left",
+            overflow="fold",
+            no_wrap=column in ("id", "state", "priority"),
+        )
     for study in studies:
         objectives = ", ".join(f"{o['metric']} ({o['direction'][:3]})" for o in study["objectives"])
         table.add_row(
             str(study["id"]),
             study["name"],
-            study["state"],
+            _state(study),
             str(study.get("priority", 0)),
             objectives,
             str(study["created_at"])[:19].replace("T", " "),
@@ -79,32 +88,66 @@ def trials_table(study: dict, trials: list[dict]) -> Table:
     table.add_column("state")
     for metric in metrics:
         table.add_column(metric, justify="right")
-    table.add_column("params")
+    table.add_column("params", overflow="fold")
     for trial in trials:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.get("params", {}).items()))
         table.add_row(str(trial["number"]), trial["state"], *_values(trial, metrics), params)
     return table
 
 
-def summary_line(study: dict) -> str:
-    c = counts_of(study)
+def _state(study: dict) -> str:
+    return study["state"]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def best_so_far(study: dict) -> str:
+    """The best value (one objective), or the Pareto front's size and best value per objective."""
     metrics = metric_names(study)
     best = study.get("best_trials") or []
-    if len(metrics) == 1 and best:
-        best_text = f"best {metrics[0]} {_fmt(_values(best[0], metrics)[0])}"
-    elif best:
-        best_text = f"Pareto front: {len(best)} trial(s)"
-    else:
-        best_text = "no result yet"
-    return (
-        f"[bold]{study['name']}[/bold] {study['state']}: "
-        f"{c.get('COMPLETE', 0)} done, {c.get('RUNNING', 0)} running, "
-        f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; {best_text}"
+    if not best:
+        return "no result yet"
+    if len(metrics) == 1:
+        return f"best {metrics[0]} {_fmt(_values(best[0], metrics)[0])}"
+    directions = {o["metric"]: o["direction"] for o in study["spec"]["objectives"]}
+    parts = []
+    for i, metric in enumerate(metrics):
+        values = [float(v) for t in best if (v := _value(t, metrics, i)) is not None]
+        if values:
+            pick = max if directions[metric] == "maximize" else min
+            parts.append(f"{metric} {_fmt(pick(values))}")
+    return f"Pareto front of {_plural(len(best), 'trial')}, best " + ", ".join(parts)
+
+
+def _value(trial: dict, metrics: list[str], i: int) -> float | None:
+    values = trial.get("values") or {}
+    if isinstance(values, list):
+        return values[i] if i < len(values) else None
+    return values.get(metrics[i])
+
+
+def summary_line(study: dict) -> Text:
+    """One line that says where the study stands (and why it failed); folds, never cut."""
+    c = counts_of(study)
+    line = Text(overflow="fold")
+    line.append(study["name"], style="bold")
+    line.append(
+        f" {study['state']}: {c.get('COMPLETE', 0)} done, {c.get('RUNNING', 0)} running, "
+        f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; {best_so_far(study)}"
     )
+    if study["state"] == "failed":
+        line.append(
+            f"\nfailed: {study.get('fail_reason') or 'too many failed trials'} "
+            f"(fix it, then `tunefleet study resume {study['name']}`)",
+            style="red",
+        )
+    return line
 
 
 def is_finished(study: dict) -> bool:
-    if study["state"] in ("completed", "stopped"):
+    if study["state"] in ENDED_STUDY_STATES:
         return True
     c = counts_of(study)
     done = sum(c.get(s, 0) for s in FINISHED_STATES)

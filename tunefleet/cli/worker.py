@@ -15,7 +15,7 @@ def worker(
         str | None, typer.Option(help="A worker-scope token [TUNEFLEET_TOKEN].")
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="cuda:N or cpu; default auto [TUNEFLEET_DEVICE].")
+        str | None, typer.Option(help="cpu, cuda or cuda:N; default auto [TUNEFLEET_DEVICE].")
     ] = None,
     max_trials: Annotated[
         int | None, typer.Option(min=1, help="Exit after this many trials [TUNEFLEET_MAX_TRIALS].")
@@ -27,6 +27,10 @@ def worker(
     worker_id: Annotated[
         str | None, typer.Option(help="Default hostname-pid-device [TUNEFLEET_WORKER_ID].")
     ] = None,
+    warm: Annotated[
+        bool,
+        typer.Option("--warm", help="Pretrain the built-in source model before the first lease."),
+    ] = False,
     objective: Annotated[
         str | None,
         typer.Option(hidden=True, help="module:function run instead of the trial engine (tests)."),
@@ -35,7 +39,8 @@ def worker(
     """Run one worker: lease trials, fine-tune, report. One process per GPU.
 
     A first SIGTERM/SIGINT finishes the current trial and exits; a second one
-    hands the trial back (it is re-queued) and exits at once.
+    hands the trial back (it is re-queued) and exits at once. A bad setting
+    (--device included) is exit 2 before the first lease.
     """
     from workers.loop import run_worker_command
 
@@ -47,6 +52,7 @@ def worker(
         idle_exit_s=idle_exit,
         worker_id=worker_id,
         objective=objective,
+        warm=warm,
     )
     if code:
         raise typer.Exit(code)
