@@ -22,9 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get(
-    "TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_TAG = uuid.uuid4().hex[:8]
 
 
@@ -149,8 +147,9 @@ def start_api_server(database_url: str, tmp_dir: Path, **settings: object) -> Ap
     except Exception:
         proc.kill()
         raise RuntimeError(f"API did not start:\n{log_path.read_text()}") from None
-    return ApiServer(url=url, database_url=database_url, proc=proc, log_path=log_path,
-                     settings=settings)
+    return ApiServer(
+        url=url, database_url=database_url, proc=proc, log_path=log_path, settings=settings
+    )
 
 
 @pytest.fixture
@@ -192,10 +191,14 @@ def _drop_leftover_databases() -> Iterator[None]:
     yield
     engine = _admin_engine()
     with engine.connect() as conn:
-        names = conn.execute(
-            sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-            {"p": f"%\\_{RUN_TAG}\\_%"},
-        ).scalars().all()
+        names = (
+            conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                {"p": f"%\\_{RUN_TAG}\\_%"},
+            )
+            .scalars()
+            .all()
+        )
         for name in names:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()

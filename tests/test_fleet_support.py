@@ -6,6 +6,7 @@ reaper looks every 0.5 s, so a dead worker's trial is re-queued within ~3 s.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -153,11 +154,28 @@ class FleetEnv:
 
     # The worker protocol ----------------------------------------------------
 
-    def client(self, token: str | None = None) -> httpx.Client:
+    def client(self, token: str | None = None, *, send_secrets: bool = True) -> httpx.Client:
+        """A client of the worker protocol. Like a worker, it keeps the lease secret of
+        each assignment it gets and sends it with the calls on that trial (unless
+        send_secrets is false)."""
+        secrets: dict[str, str] = {}
+
+        def keep_secret(response: httpx.Response) -> None:
+            if response.request.url.path.endswith("/leases") and response.status_code == 201:
+                response.read()
+                body = response.json()
+                secrets[str(body["trial_id"])] = body["lease_secret"]
+
+        def send_secret(request: httpx.Request) -> None:
+            match = re.search(r"/trials/(\d+)/", request.url.path)
+            if send_secrets and match and match[1] in secrets:
+                request.headers.setdefault("X-Lease-Secret", secrets[match[1]])
+
         return httpx.Client(
             base_url=f"{self.api.url}/api/v1",
             headers={"Authorization": f"Bearer {token or self.worker_token}"},
             timeout=30,
+            event_hooks={"request": [send_secret], "response": [keep_secret]},
         )
 
     def start_worker(

@@ -24,8 +24,12 @@ def test_the_curl_example_creates_a_study_that_optuna_loads(api_server):
     token = create_token(api_server.database_url, scope="user", owner="alice")
     env = {**os.environ, "TUNEFLEET_SERVICE_URL": api_server.url, "TUNEFLEET_TOKEN": token}
     result = subprocess.run(
-        ["bash", "-c", _block("curl-example")], env=env, capture_output=True, text=True,
-        timeout=60, check=True,
+        ["bash", "-c", _block("curl-example")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     created = json.loads(result.stdout)
     assert created["name"] == "digits-curl"
@@ -42,11 +46,16 @@ def test_the_documented_error_is_what_the_api_answers(api_server):
     spec = json.loads(_block("curl-example").split("-d '", 1)[1].rsplit("'", 1)[0])
     spec["search_space"]["lr"]["low"] = -1.0
 
-    answer = httpx.post(f"{api_server.url}/api/v1/studies", json=spec,
-                        headers={"Authorization": f"Bearer {token}"})
+    answer = httpx.post(
+        f"{api_server.url}/api/v1/studies", json=spec, headers={"Authorization": f"Bearer {token}"}
+    )
     assert answer.status_code == 422
     detail = answer.json()["detail"]
     assert detail["path"] == ["search_space", "lr", "low"]
     assert f'"message": "{detail["message"]}"' in README
-    assert httpx.get(f"{api_server.url}/api/v1/studies",
-                     headers={"Authorization": f"Bearer {token}"}).json()["count"] == 0
+    assert (
+        httpx.get(
+            f"{api_server.url}/api/v1/studies", headers={"Authorization": f"Bearer {token}"}
+        ).json()["count"]
+        == 0
+    )
