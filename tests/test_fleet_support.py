@@ -81,7 +81,9 @@ class FleetEnv:
 
     # Studies -----------------------------------------------------------------
 
-    def create_study(self, name: str, *, priority: int = 0, **overrides: Any) -> int:
+    def create_study(
+        self, name: str, *, priority: int = 0, owner: str = "fleet-tests", **overrides: Any
+    ) -> int:
         """A running study, made the way the study API makes one; returns its id."""
         from service.db import session_scope
         from service.models import StudyRecord
@@ -91,12 +93,12 @@ class FleetEnv:
         spec = StudySpec.model_validate(study_spec(name, priority=priority, **overrides))
         with session_scope(self.engine) as session:
             record = StudyRecord(
-                owner="fleet-tests",
+                owner=owner,
                 name=name,
                 spec=spec.model_dump(mode="json"),
                 state="running",
                 priority=priority,
-                optuna_study_name=f"fleet-tests.{name}",
+                optuna_study_name=f"{owner}.{name}",
             )
             session.add(record)
             session.flush()
@@ -106,6 +108,10 @@ class FleetEnv:
             study_id = record.id
         self.studies.append(study_id)
         return study_id
+
+    def token(self, *, scope: str = "worker", owner: str = "fleet", **options: Any) -> str:
+        """Another token (options: expires_in, studies_of), made in this process."""
+        return _make_token(self.database_url, scope=scope, owner=owner, **options)
 
     def set_study_state(self, study_id: int, state: str) -> None:
         with self.engine.begin() as conn:
@@ -248,6 +254,10 @@ class FleetEnv:
 
 def _worker_token(database_url: str) -> str:
     """A worker token, made in this process (`tunefleet token create` is tested elsewhere)."""
+    return _make_token(database_url, scope="worker", owner="fleet")
+
+
+def _make_token(database_url: str, *, scope: str, owner: str, **options: Any) -> str:
     from service import auth
     from service.config import load_settings
     from service.db import make_engine, session_scope
@@ -256,7 +266,7 @@ def _worker_token(database_url: str) -> str:
     try:
         with session_scope(engine) as session:
             return auth.create_token(
-                session, scope="worker", owner="fleet", secret=load_settings().token_secret
+                session, scope=scope, owner=owner, secret=load_settings().token_secret, **options
             )
     finally:
         engine.dispose()
