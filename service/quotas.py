@@ -65,7 +65,11 @@ def check_enqueue(
     assert record.optuna_study_id is not None
     max_trials = study_budget(record).max_trials
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    used = len(storage.get_all_trials(record.optuna_study_id, deepcopy=False, states=counted))
+    try:
+        trials = storage.get_all_trials(record.optuna_study_id, deepcopy=False, states=counted)
+    except KeyError:  # its Optuna study was deleted elsewhere: the enqueue says so (404)
+        return
+    used = len(trials)
     if used >= max_trials:
         raise Conflict(
             f"the study's budget is taken: max_trials {max_trials}, and {used} trials are "
