@@ -49,6 +49,8 @@ class Principal:
     owner: str
     scope: Scope
     token_id: int
+    # A worker token bound to an owner leases only that owner's studies.
+    studies_of: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -96,10 +98,17 @@ def create_token(
     secret: str,
     value: str | None = None,
     expires_in: timedelta | None = None,
+    studies_of: str | None = None,
 ) -> str:
     """Store a new token and return it; only its hash is kept (see `issue_token`)."""
     return issue_token(
-        session, scope=scope, owner=owner, secret=secret, value=value, expires_in=expires_in
+        session,
+        scope=scope,
+        owner=owner,
+        secret=secret,
+        value=value,
+        expires_in=expires_in,
+        studies_of=studies_of,
     ).value
 
 
@@ -111,13 +120,15 @@ def issue_token(
     secret: str,
     value: str | None = None,
     expires_in: timedelta | None = None,
+    studies_of: str | None = None,
 ) -> IssuedToken:
     """Store a new token; only its hash is kept.
 
     With `value`, that token is registered instead of a generated one; doing so
     again for the same scope and owner is harmless (a deployment can run it at
     every start), for another scope or owner it is a conflict. With `expires_in`,
-    the token stops working that long from now.
+    the token stops working that long from now. With `studies_of` (worker tokens
+    only), the token leases only that owner's studies: a private fleet.
     """
     if scope not in TOKEN_SCOPES:
         raise InvalidSpec(
@@ -129,6 +140,16 @@ def issue_token(
             f"not {owner!r}",
             path=["owner"],
         )
+    if studies_of is not None:
+        if scope != "worker":
+            raise InvalidSpec(
+                "studies_of binds a worker token to an owner's studies: use it with scope worker",
+                path=["studies_of"],
+            )
+        if not OWNER_PATTERN.match(studies_of):
+            raise InvalidSpec(
+                f"studies_of must be an owner name, not {studies_of!r}", path=["studies_of"]
+            )
     if value is None:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     else:
@@ -145,10 +166,21 @@ def issue_token(
     token_hash = hash_token(secret, token)
     existing = session.scalars(sa.select(ApiToken).where(ApiToken.token_hash == token_hash)).first()
     if existing is not None:
-        if existing.scope == scope and existing.owner == owner and existing.revoked_at is None:
+        if (
+            existing.scope == scope
+            and existing.owner == owner
+            and existing.studies_of == studies_of
+            and existing.revoked_at is None
+        ):
             return IssuedToken(token, existing)
         raise Conflict("this token value is already registered for another scope or owner")
-    row = ApiToken(token_hash=token_hash, scope=scope, owner=owner, expires_at=expires_at)
+    row = ApiToken(
+        token_hash=token_hash,
+        scope=scope,
+        owner=owner,
+        expires_at=expires_at,
+        studies_of=studies_of,
+    )
     session.add(row)
     session.flush()
     return IssuedToken(token, row)
@@ -205,7 +237,12 @@ def authenticate(session: Session, *, secret: str, authorization: str | None) ->
     if row.expires_at is not None and _aware(row.expires_at) <= now:
         raise Unauthorized(f"token expired at {_stamp(row.expires_at)}: ask for a new one")
     _touch(session, row)
-    return Principal(owner=row.owner, scope=row.scope, token_id=row.id)  # type: ignore[arg-type]
+    return Principal(
+        owner=row.owner,
+        scope=row.scope,  # type: ignore[arg-type]
+        token_id=row.id,
+        studies_of=row.studies_of,
+    )
 
 
 def _aware(moment: datetime) -> datetime:

@@ -50,6 +50,36 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="Largest request body accepted, in bytes."
     )
+    max_user_priority: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Highest study priority a user token may set; above it needs an admin token.",
+    )
+    max_running_studies_per_owner: int = Field(
+        default=100, ge=1, description="Running studies one owner may have; more is a 429."
+    )
+    max_running_trials_per_owner: int = Field(
+        default=256,
+        ge=1,
+        description="Trials of one owner running at once; beyond it their studies wait their turn.",
+    )
+    max_waiting_trials_per_owner: int = Field(
+        default=1000,
+        ge=1,
+        description="Enqueued (WAITING) trials one owner may have; more is a 429.",
+    )
+    private_owners: list[str] = Field(
+        default_factory=list,
+        description="Owners with a private fleet: their studies go only to worker tokens "
+        "bound to them (`token create --studies-of OWNER`), never to the shared fleet.",
+    )
+    max_attrs_depth: int = Field(
+        default=8, ge=1, le=64, description="Deepest nesting of a trial's attrs; deeper is a 422."
+    )
+    max_attrs_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest attrs of one call, as JSON; more is a 413."
+    )
     db_pool_size: int = Field(default=10, ge=1, description="Connections kept per API process.")
     db_max_overflow: int = Field(default=20, ge=0, description="Extra connections under load.")
 

@@ -53,6 +53,13 @@ class InvalidSpec(TuneFleetError):
     code = "invalid"
 
 
+class TooManyRequests(TuneFleetError):
+    """An owner's limit is reached; the message names the limit and its setting."""
+
+    status_code = 429
+    code = "limit_reached"
+
+
 class DatabaseUnavailable(TuneFleetError):
     """The database cannot be reached; the client should retry after a short wait."""
 

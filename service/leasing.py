@@ -1,10 +1,13 @@
 """The worker protocol's five calls: lease a trial, heartbeat, report an
 intermediate value, complete, fail.
 
-Fair share: among running studies with work left, a lease goes to the study
-with the least load per unit of weight (``priority + 1``), the load being its
-running trials plus those it was handed in the last minute; two studies of
-priority 3 and 0 share the workers about 4:1.
+Fair share (service/fair_share.py): between owners first, then between an
+owner's studies by priority.
+
+Holder: a lease is bound to the token that took it and to a lease secret
+returned with the assignment (service/lease_holder.py); every call on the
+trial needs both, else 404. Asking again with the same worker_id gives the
+lease back only to the same token, with a new secret.
 
 Atomicity: the budget check and the ask run while this process holds the
 study's lock and the database holds the study's row lock (``SELECT ... FOR
@@ -30,9 +33,12 @@ from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from service._optuna_internals import trial_id_of
+from service.auth import Principal
 from service.budget import fail_and_requeue, lease_worker_attrs, settle_study, study_budget
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
+from service.fair_share import studies_in_turn
+from service.lease_holder import check_completion, check_holder, new_lease_secret
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, study_of
 from service.trial_lifecycle import (
@@ -47,6 +53,7 @@ from tunefleet.protocol import (
     Assignment,
     HeartbeatAck,
     Progress,
+    PruneDecision,
     TrialCompletion,
     TrialFailure,
     TrialOutcome,
@@ -56,12 +63,12 @@ __all__ = ["complete_trial", "fail_trial", "heartbeat", "lease_trial", "report_i
 
 log = logging.getLogger(__name__)
 
-# How far back the leases handed out count towards a study's share.
-FAIR_SHARE_WINDOW_S = 60.0
 _STOPPING_STUDY_STATES = (StudyState.PAUSED, StudyState.STOPPED, StudyState.FAILED)
 
 
-def _assignment(lease: Lease, record: StudyRecord, params: dict, settings: Settings) -> Assignment:
+def _assignment(
+    lease: Lease, record: StudyRecord, params: dict, settings: Settings, secret: str
+) -> Assignment:
     return Assignment(
         trial_id=lease.trial_id,
         study_id=lease.study_id,
@@ -70,6 +77,7 @@ def _assignment(lease: Lease, record: StudyRecord, params: dict, settings: Setti
         spec=record.spec,
         lease_expires_at=lease.expires_at,
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        lease_secret=secret,
     )
 
 
@@ -83,12 +91,21 @@ def lease_trial(
     settings: Settings,
     worker_id: str,
     device: str,
+    holder: Principal | None = None,
 ) -> Assignment | None:
     """A trial for this worker: the one it already holds, else one of the study whose
-    turn it is; None when no running study has work. Commits as it goes."""
+    turn it is; None when no running study has work. Commits as it goes.
+
+    `holder` is the token asking (None: an in-process caller); a lease held under
+    the same worker_id by another token is not this worker's."""
+    token_id = holder.token_id if holder is not None else None
     held = session.scalars(
         sa.select(Lease)
-        .where(Lease.worker_id == worker_id, Lease.state == LeaseState.ACTIVE)
+        .where(
+            Lease.worker_id == worker_id,
+            Lease.state == LeaseState.ACTIVE,
+            Lease.token_id.is_(None) if token_id is None else Lease.token_id == token_id,
+        )
         .order_by(Lease.leased_at.desc())
         .limit(1)
         .with_for_update()
@@ -100,9 +117,10 @@ def lease_trial(
         held.expires_at = now + timedelta(seconds=settings.grace_period_s)
         record = session.get_one(StudyRecord, held.study_id)
         params = get_frozen_trial(storage, held.trial_id).params
+        secret = new_lease_secret(held, holder)  # the first answer, and its secret, were lost
         session.commit()
-        return _assignment(held, record, params, settings)
-    for record in _studies_in_turn(session):
+        return _assignment(held, record, params, settings, secret)
+    for record in studies_in_turn(session, settings=settings, holder=holder):
         try:
             entry = study_of(storage, record)
         except KeyError:  # its Optuna study was deleted behind TuneFleet's back
@@ -116,37 +134,11 @@ def lease_trial(
             entry=entry,
             worker_id=worker_id,
             device=device,
+            holder=holder,
         )
         if assignment is not None:
             return assignment
     return None
-
-
-def _studies_in_turn(session: Session) -> list[StudyRecord]:
-    """Running studies, the one furthest below its fair share first.
-
-    A study's load is its running trials plus the trials it was handed in the
-    last minute, per unit of weight (priority + 1): with long trials the
-    running ones decide, with short ones (many leases a minute) the rate does,
-    so both end up shared in proportion to the weights.
-    """
-    since = utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW_S)
-    active = sa.func.count(Lease.trial_id).filter(Lease.state == LeaseState.ACTIVE)
-    recent = sa.func.count(Lease.trial_id).filter(Lease.leased_at > since)
-    rows = session.execute(
-        sa.select(StudyRecord, active, recent)
-        .outerjoin(Lease, Lease.study_id == StudyRecord.id)
-        # A study whose Optuna study is still being created has no trials to give.
-        .where(StudyRecord.state == StudyState.RUNNING, StudyRecord.optuna_study_id.is_not(None))
-        .group_by(StudyRecord.id)
-    ).all()
-
-    def turn(row) -> tuple[float, float, int]:
-        record, running, handed_out = row
-        weight = max(record.priority, 0) + 1
-        return ((running + handed_out) / weight, running / weight, record.id)
-
-    return [row[0] for row in sorted(rows, key=turn)]
 
 
 def _lease_from_study(
@@ -158,6 +150,7 @@ def _lease_from_study(
     entry: LoadedStudy,
     worker_id: str,
     device: str,
+    holder: Principal | None,
 ) -> Assignment | None:
     # End the transaction (and give the connection back) before waiting for the
     # study: a thread that waits holds no connection and no row lock.
@@ -195,20 +188,28 @@ def _lease_from_study(
             heartbeat_at=now,
             expires_at=now + timedelta(seconds=settings.grace_period_s),
         )
+        secret = new_lease_secret(lease, holder)
         session.add(lease)
         session.commit()
-        return _assignment(lease, record, trial.params, settings)
+        return _assignment(lease, record, trial.params, settings, secret)
 
 
 # The calls on a leased trial ------------------------------------------------
 
 
-def _locked_lease(session: Session, trial_id: int) -> Lease:
+# Who calls on a lease: the token and the lease secret it sent (None: in-process).
+Caller = tuple[Principal, str | None] | None
+
+
+def _locked_lease(session: Session, trial_id: int, caller: Caller) -> Lease:
     lease = session.get(Lease, trial_id, with_for_update=True)
     if lease is None:
         raise NotFound(
             f"trial {trial_id} has no lease; a worker gets trials from POST /api/v1/leases"
         )
+    if caller is not None:
+        holder, secret = caller
+        check_holder(lease, holder=holder, secret=secret)
     return lease
 
 
@@ -242,10 +243,11 @@ def heartbeat(
     settings: Settings,
     trial_id: int,
     progress: Progress | None = None,
+    caller: Caller = None,
 ) -> HeartbeatAck:
     """Extend the lease; say stop when the study is paused or stopped or the lease is gone."""
     progress_dict = progress.model_dump(exclude_none=True) if progress else None
-    lease = _locked_lease(session, trial_id)
+    lease = _locked_lease(session, trial_id, caller)
     if lease.state != LeaseState.ACTIVE:
         return HeartbeatAck(stop=True, reason=f"the lease is {lease.state}")
     now = utcnow()
@@ -273,12 +275,18 @@ def report_intermediate(
     trial_id: int,
     step: int,
     value: float,
-) -> bool:
-    """Record a validation value; True when the pruner stopped the trial (now PRUNED)."""
-    lease = _locked_lease(session, trial_id)
+    caller: Caller = None,
+) -> PruneDecision:
+    """Record a validation value; prune when the pruner stopped the trial (now PRUNED)
+    or the value was not finite (the trial is failed with the reason)."""
+    lease = _locked_lease(session, trial_id, caller)
     if lease.state not in (LeaseState.ACTIVE, LeaseState.PRUNED):
         raise _lease_gone(lease)
     record = session.get_one(StudyRecord, lease.study_id)
+    if not math.isfinite(value) and lease.state == LeaseState.ACTIVE:
+        reason = f"the trial reported a non-finite value {value!r} at step {step}"
+        _fail_lease(session, storage=storage, lease=lease, record=record, reason=reason)
+        return PruneDecision(prune=True, reason=reason)
     prune = record_intermediate(
         study_of(storage, record), trial_id=trial_id, step=step, value=value
     )
@@ -290,7 +298,31 @@ def report_intermediate(
     session.commit()
     if pruned_now:
         settle_study(session, storage=storage, study_id=lease.study_id)
-    return prune
+    return PruneDecision(prune=prune)
+
+
+def _fail_lease(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    lease: Lease,
+    record: StudyRecord,
+    reason: str,
+    request: dict | None = None,
+) -> None:
+    """Fail the leased trial with the service's reason (no re-queue), commit and settle."""
+    trial, _ = fail_leased_trial(
+        storage,
+        trial_id=lease.trial_id,
+        optuna_study_id=study_of(storage, record).optuna_study_id,
+        reason=reason,
+        worker=lease_worker_attrs(lease),
+    )
+    lease.state = LeaseState.FAILED
+    lease.finished_at = utcnow()
+    lease.outcome = {"state": trial.state.name, "reason": reason, "request": request}
+    session.commit()
+    settle_study(session, storage=storage, study_id=lease.study_id)
 
 
 def _fingerprint(values: dict[str, float]) -> dict[str, str]:
@@ -304,9 +336,14 @@ def complete_trial(
     storage: BaseStorage,
     trial_id: int,
     completion: TrialCompletion,
+    settings: Settings,
+    caller: Caller = None,
 ) -> TrialOutcome:
-    """Tell the final values; NaN or infinite values fail the trial with a reason."""
-    lease = _locked_lease(session, trial_id)
+    """Tell the final values; NaN or infinite values fail the trial with a reason.
+
+    Each value must lie in its metric's range, attrs within the depth and size
+    limits, the artifact under the artifact root (422, or 413 for size)."""
+    lease = _locked_lease(session, trial_id, caller)
     record = session.get_one(StudyRecord, lease.study_id)
     metrics = [o["metric"] for o in record.spec["objectives"]]
     missing = [m for m in metrics if m not in completion.values]
@@ -318,6 +355,7 @@ def complete_trial(
             + (f"; not objectives of this study: {extra}" if extra else ""),
             path=["values", (missing or extra)[0]],
         )
+    artifact = check_completion(completion, settings)
     fingerprint = _fingerprint(completion.values)
     values = [float(completion.values[m]) for m in metrics]
     if lease.state != LeaseState.ACTIVE:
@@ -339,34 +377,32 @@ def complete_trial(
                 f"{lease.outcome['values']}; values cannot be changed"
             )
         raise _lease_gone(lease)
-    now = utcnow()
     if not all(math.isfinite(v) for v in values):
         reason = f"the trial returned non-finite values {completion.values}"
-        trial, _ = fail_leased_trial(
-            storage,
-            trial_id=trial_id,
-            optuna_study_id=study_of(storage, record).optuna_study_id,
+        _fail_lease(
+            session,
+            storage=storage,
+            lease=lease,
+            record=record,
             reason=reason,
-            worker=lease_worker_attrs(lease),
+            request=fingerprint,
         )
-        lease.state = LeaseState.FAILED
-        lease.outcome = {"state": trial.state.name, "reason": reason, "request": fingerprint}
-    else:
-        complete_leased_trial(
-            study_of(storage, record),
-            trial_id=trial_id,
-            values=values,
-            attrs=completion.attrs,
-            artifact=completion.artifact,
-            worker=lease_worker_attrs(lease),
-        )
-        lease.state = LeaseState.COMPLETED
-        lease.outcome = {
-            "state": "COMPLETE",
-            "values": dict(zip(metrics, values, strict=True)),
-            "request": fingerprint,
-        }
-    lease.finished_at = now
+        return _outcome(lease)
+    complete_leased_trial(
+        study_of(storage, record),
+        trial_id=trial_id,
+        values=values,
+        attrs=completion.attrs,
+        artifact=artifact,
+        worker=lease_worker_attrs(lease),
+    )
+    lease.state = LeaseState.COMPLETED
+    lease.outcome = {
+        "state": "COMPLETE",
+        "values": dict(zip(metrics, values, strict=True)),
+        "request": fingerprint,
+    }
+    lease.finished_at = utcnow()
     answer = _outcome(lease)
     session.commit()
     settle_study(session, storage=storage, study_id=lease.study_id)
@@ -379,10 +415,11 @@ def fail_trial(
     storage: BaseStorage,
     trial_id: int,
     failure: TrialFailure,
+    caller: Caller = None,
 ) -> TrialOutcome:
     """Fail the trial with the worker's reason; re-queue it when the worker let go of it."""
     requeue = failure.wants_requeue()
-    lease = _locked_lease(session, trial_id)
+    lease = _locked_lease(session, trial_id, caller)
     if lease.state != LeaseState.ACTIVE:
         if (
             lease.state in (LeaseState.FAILED, LeaseState.RELEASED)

@@ -136,6 +136,8 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A worker token bound to an owner leases only that owner's studies (a private fleet).
+    studies_of: Mapped[str | None] = mapped_column(sa.String(64), default=None)
 
 
 LEASE_STATES = tuple(s.value for s in LeaseState)
@@ -170,3 +172,7 @@ class Lease(Base):
     # What the lease ended with (values, reason, retry), so that a repeated call
     # is answered the same way and a different one is a conflict.
     outcome: Mapped[dict | None] = mapped_column(sa.JSON, default=None)
+    # The holder: the token that took the lease and the hash of the lease secret
+    # handed to it; every call on the trial must bring that secret.
+    token_id: Mapped[int | None] = mapped_column(default=None)
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(128), default=None)

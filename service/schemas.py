@@ -157,6 +157,12 @@ class TokenCreate(BaseModel):
         max_length=16,
         description="Lifetime: a number and a unit (s, m, h, d, w), e.g. 30d; none never expires.",
     )
+    studies_of: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Worker tokens only: lease only this owner's studies (a private fleet).",
+    )
 
 
 class TokenPublic(_Out):
@@ -169,6 +175,9 @@ class TokenPublic(_Out):
     last_used_at: datetime | None = Field(description="Last use, to the minute.")
     expires_at: datetime | None = Field(description="When it stops working; null: never.")
     revoked_at: datetime | None = Field(description="When it was revoked; null: it is not.")
+    studies_of: str | None = Field(
+        None, description="A worker token bound to this owner leases only their studies."
+    )
 
 
 class TokenCreated(TokenPublic):
@@ -211,6 +220,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflicts with the current state",
         413: "Request body too large",
         422: "Invalid request; `path` says where",
+        429: "An owner's limit is reached; the message names it",
         503: "Database unreachable; retry after Retry-After seconds",
     }
     headers = {

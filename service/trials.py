@@ -145,14 +145,21 @@ def _common(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> dict
     }
 
 
-def _json_safe(value: Any) -> Any:
+# Deeper than this, user attributes are shown as a note: attrs stored before the
+# service limited their depth may nest hundreds of levels.
+MAX_SHOWN_DEPTH = 16
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
     """User attributes may hold NaN or infinity, which JSON cannot carry: shown as null."""
     if isinstance(value, float):
         return finite_or_none(value)
+    if isinstance(value, dict | list | tuple) and depth >= MAX_SHOWN_DEPTH:
+        return f"(nested deeper than {MAX_SHOWN_DEPTH} levels: not shown)"
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, depth + 1) for v in value]
     return value
 
 

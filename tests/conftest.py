@@ -216,10 +216,22 @@ def api_server(migrated_pg_url: str, api_server_factory) -> ApiServer:
     return api_server_factory(migrated_pg_url)
 
 
-def create_token(database_url: str, *, scope: str, owner: str) -> str:
+def create_token(database_url: str, *, scope: str, owner: str, studies_of: str = "") -> str:
     """A token made the way `tunefleet token create` makes it."""
+    bound = ["--studies-of", studies_of] if studies_of else []
     result = subprocess.run(
-        [sys.executable, "-m", "tunefleet", "token", "create", "--scope", scope, "--owner", owner],
+        [
+            sys.executable,
+            "-m",
+            "tunefleet",
+            "token",
+            "create",
+            "--scope",
+            scope,
+            "--owner",
+            owner,
+            *bound,
+        ],
         env=subprocess_env(database_url=database_url),
         capture_output=True,
         text=True,

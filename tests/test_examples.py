@@ -34,8 +34,9 @@ def test_study_create_reports_the_field_path_of_a_bad_spec(tmp_path):
     bad = tmp_path / "bad.yaml"
     text = (REPO_ROOT / "examples" / "digits-transfer.yaml").read_text()
     bad.write_text(text.replace("low: 1.0e-4", "low: -1.0"))
-    result = run_cli("study", "create", "-f", str(bad), "--token", "t",
-                     "--service", "http://127.0.0.1:9")
+    result = run_cli(
+        "study", "create", "-f", str(bad), "--token", "t", "--service", "http://127.0.0.1:9"
+    )
     assert result.returncode == 1
     assert "search_space.lr" in result.stderr
     assert "Traceback" not in result.stderr

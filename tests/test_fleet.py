@@ -215,3 +215,26 @@ def test_postgres_outage_mid_study_loses_nothing_and_never_answers_500(postgres_
     for worker in workers:
         assert "(500" not in env.worker_log(worker)
     assert env.study_state(study_id) == "completed"
+
+
+def test_two_owners_share_eight_workers_evenly_whatever_their_priorities(fleet_env: FleetEnv):
+    # One owner has three studies at priority 100, the other one at priority 0:
+    # fair share goes between owners first, so each gets about half the leases.
+    budget = {"max_trials": 500, "epochs": 2}
+    rich = [
+        fleet_env.create_study(f"rich-{i}", owner="rich", priority=100, budget=budget)
+        for i in range(3)
+    ]
+    poor = fleet_env.create_study("poor", owner="poor", priority=0, budget=budget)
+    workers = [fleet_env.start_worker("--idle-exit", "1", epoch_s=0.05) for _ in range(8)]
+
+    def completed() -> tuple[int, int]:
+        n_rich = sum(fleet_env.states(s).get("COMPLETE", 0) for s in rich)
+        return n_rich, fleet_env.states(poor).get("COMPLETE", 0)
+
+    wait_until(lambda: sum(completed()) >= 48, timeout_s=180, what="48 trials", every_s=0.3)
+    for study_id in [*rich, poor]:
+        fleet_env.set_study_state(study_id, "stopped")
+    assert fleet_env.wait_workers(workers, timeout_s=60) == [0] * 8
+    n_rich, n_poor = completed()
+    assert 0.6 <= n_rich / n_poor <= 1.67, (n_rich, n_poor)

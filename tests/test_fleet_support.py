@@ -6,6 +6,7 @@ reaper looks every 0.5 s, so a dead worker's trial is re-queued within ~3 s.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -80,7 +81,9 @@ class FleetEnv:
 
     # Studies -----------------------------------------------------------------
 
-    def create_study(self, name: str, *, priority: int = 0, **overrides: Any) -> int:
+    def create_study(
+        self, name: str, *, priority: int = 0, owner: str = "fleet-tests", **overrides: Any
+    ) -> int:
         """A running study, made the way the study API makes one; returns its id."""
         from service.db import session_scope
         from service.models import StudyRecord
@@ -90,12 +93,12 @@ class FleetEnv:
         spec = StudySpec.model_validate(study_spec(name, priority=priority, **overrides))
         with session_scope(self.engine) as session:
             record = StudyRecord(
-                owner="fleet-tests",
+                owner=owner,
                 name=name,
                 spec=spec.model_dump(mode="json"),
                 state="running",
                 priority=priority,
-                optuna_study_name=f"fleet-tests.{name}",
+                optuna_study_name=f"{owner}.{name}",
             )
             session.add(record)
             session.flush()
@@ -105,6 +108,10 @@ class FleetEnv:
             study_id = record.id
         self.studies.append(study_id)
         return study_id
+
+    def token(self, *, scope: str = "worker", owner: str = "fleet", **options: Any) -> str:
+        """Another token (options: expires_in, studies_of), made in this process."""
+        return _make_token(self.database_url, scope=scope, owner=owner, **options)
 
     def set_study_state(self, study_id: int, state: str) -> None:
         with self.engine.begin() as conn:
@@ -153,11 +160,28 @@ class FleetEnv:
 
     # The worker protocol ----------------------------------------------------
 
-    def client(self, token: str | None = None) -> httpx.Client:
+    def client(self, token: str | None = None, *, send_secrets: bool = True) -> httpx.Client:
+        """A client of the worker protocol. Like a worker, it keeps the lease secret of
+        each assignment it gets and sends it with the calls on that trial (unless
+        send_secrets is false)."""
+        secrets: dict[str, str] = {}
+
+        def keep_secret(response: httpx.Response) -> None:
+            if response.request.url.path.endswith("/leases") and response.status_code == 201:
+                response.read()
+                body = response.json()
+                secrets[str(body["trial_id"])] = body["lease_secret"]
+
+        def send_secret(request: httpx.Request) -> None:
+            match = re.search(r"/trials/(\d+)/", request.url.path)
+            if send_secrets and match and match[1] in secrets:
+                request.headers.setdefault("X-Lease-Secret", secrets[match[1]])
+
         return httpx.Client(
             base_url=f"{self.api.url}/api/v1",
             headers={"Authorization": f"Bearer {token or self.worker_token}"},
             timeout=30,
+            event_hooks={"request": [send_secret], "response": [keep_secret]},
         )
 
     def start_worker(
@@ -230,6 +254,10 @@ class FleetEnv:
 
 def _worker_token(database_url: str) -> str:
     """A worker token, made in this process (`tunefleet token create` is tested elsewhere)."""
+    return _make_token(database_url, scope="worker", owner="fleet")
+
+
+def _make_token(database_url: str, *, scope: str, owner: str, **options: Any) -> str:
     from service import auth
     from service.config import load_settings
     from service.db import make_engine, session_scope
@@ -238,7 +266,7 @@ def _worker_token(database_url: str) -> str:
     try:
         with session_scope(engine) as session:
             return auth.create_token(
-                session, scope="worker", owner="fleet", secret=load_settings().token_secret
+                session, scope=scope, owner=owner, secret=load_settings().token_secret, **options
             )
     finally:
         engine.dispose()

@@ -182,6 +182,7 @@ class ApiConnection:
         *,
         json_body: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
         idempotent: bool,
         attempts: int | EllipsisType | None = ...,
         abort: threading.Event | None = None,
@@ -205,7 +206,9 @@ class ApiConnection:
         while True:
             wait: float | None = None
             try:
-                response = self._http.request(method, path, content=content, params=params)
+                response = self._http.request(
+                    method, path, content=content, params=params, headers=headers
+                )
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__}: {error}".rstrip(": ")
                 if not idempotent and not isinstance(error, _NEVER_SENT):

@@ -1,7 +1,9 @@
 """The worker protocol: what a worker sends to the service and what it gets back.
 
 Both sides import these models; the workers never import ``service/``. Every
-call after the lease names the trial by ``trial_id`` in the path.
+call after the lease names the trial by ``trial_id`` in the path and carries
+the assignment's ``lease_secret`` in the ``X-Lease-Secret`` header: without it
+(or with another one) the call is 404, as if the trial had no lease.
 
     POST /api/v1/leases                         LeaseRequest    -> 201 Assignment | 204
     POST /api/v1/trials/{trial_id}/heartbeat    Heartbeat       -> HeartbeatAck
@@ -21,6 +23,7 @@ from tunefleet.spec import StudySpec
 
 __all__ = [
     "API_PREFIX",
+    "LEASE_SECRET_HEADER",
     "WORKER_INTERRUPTED",
     "Assignment",
     "Heartbeat",
@@ -35,6 +38,8 @@ __all__ = [
 ]
 
 API_PREFIX = "/api/v1"
+# The header every call on a leased trial carries: the assignment's lease_secret.
+LEASE_SECRET_HEADER = "X-Lease-Secret"
 
 # The reason a worker gives when it lets go of a trial it did not finish
 # (second signal, or the service told it to stop); the service re-queues it.
@@ -69,6 +74,11 @@ class Assignment(BaseModel):
     heartbeat_interval_s: float = Field(
         default=10.0, description="How often the service expects a heartbeat."
     )
+    lease_secret: str = Field(
+        default="",
+        description="Proof of holding this lease: send it in the X-Lease-Secret header of "
+        "every call on the trial. Asking again with the same worker_id and token gets a new one.",
+    )
 
 
 class Progress(_Message):
@@ -97,8 +107,10 @@ class IntermediateReport(_Message):
 
 class PruneDecision(BaseModel):
     prune: bool = Field(
-        description="The pruner stopped the trial; it is now PRUNED and needs no complete."
+        description="Stop the trial: the pruner stopped it (now PRUNED), or the value was "
+        "not finite and failed it (then `reason` says so); it needs no complete."
     )
+    reason: str | None = Field(default=None, description="Why the trial failed, when it did.")
 
 
 class TrialCompletion(_Message):

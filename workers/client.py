@@ -5,6 +5,9 @@ the same worker is the same lease, a repeated complete is answered with the
 same outcome), so a call whose answer was lost is simply sent again: the
 retry policy is :class:`tunefleet.http.ApiConnection`'s, with no attempt limit
 unless a call sets one. A definitive 4xx is raised as :class:`Rejected`.
+
+Every call on a leased trial carries the lease secret its assignment came
+with (the ``X-Lease-Secret`` header); the client keeps it from the lease on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ import httpx
 
 from tunefleet.http import ApiConnection, Backoff
 from tunefleet.http import ApiError as Rejected
-from tunefleet.protocol import Assignment, HeartbeatAck, PruneDecision, TrialOutcome
+from tunefleet.protocol import (
+    LEASE_SECRET_HEADER,
+    Assignment,
+    HeartbeatAck,
+    PruneDecision,
+    TrialOutcome,
+)
 
 __all__ = ["Rejected", "ServiceClient"]
 
@@ -50,6 +59,9 @@ class ServiceClient:
         )
         self.abort = self._api.abort
         self.backoff = self._api.backoff
+        # The lease secret of each trial leased through this client, by trial id.
+        self._secrets: dict[int, str] = {}
+        self._secrets_lock = threading.Lock()
 
     def close(self) -> None:
         self._api.close()
@@ -67,20 +79,36 @@ class ServiceClient:
         response = self._post("/leases", {"worker_id": worker_id, "device": device}, abort=abort)
         if response.status_code == 204:
             return None
-        return Assignment.model_validate(response.json())
+        assignment = Assignment.model_validate(response.json())
+        self.remember(assignment)
+        return assignment
+
+    def remember(self, assignment: Assignment) -> None:
+        """Keep the assignment's lease secret for the calls on its trial."""
+        with self._secrets_lock:
+            self._secrets[assignment.trial_id] = assignment.lease_secret
+
+    def forget(self, trial_id: int) -> None:
+        """Drop a finished trial's lease secret."""
+        with self._secrets_lock:
+            self._secrets.pop(trial_id, None)
 
     def heartbeat(
         self, trial_id: int, *, progress: Mapping[str, Any] | None = None, attempts: int = 1
     ) -> HeartbeatAck:
         """Extend the lease; one attempt by default, the next beat is the retry."""
         body = {"progress": dict(progress)} if progress else {}
-        response = self._post(f"/trials/{trial_id}/heartbeat", body, attempts=attempts)
+        response = self._post(
+            f"/trials/{trial_id}/heartbeat", body, attempts=attempts, trial_id=trial_id
+        )
         return HeartbeatAck.model_validate(response.json())
 
     def report_intermediate(self, trial_id: int, *, step: int, value: float) -> bool:
         """Record a validation value; True when the pruner stopped the trial."""
         response = self._post(
-            f"/trials/{trial_id}/intermediate", {"step": step, "value": float(value)}
+            f"/trials/{trial_id}/intermediate",
+            {"step": step, "value": float(value)},
+            trial_id=trial_id,
         )
         return PruneDecision.model_validate(response.json()).prune
 
@@ -96,14 +124,14 @@ class ServiceClient:
         body: dict[str, Any] = {"values": dict(values), "attrs": dict(attrs or {})}
         if artifact is not None:
             body["artifact"] = artifact
-        response = self._post(f"/trials/{trial_id}/complete", body)
+        response = self._post(f"/trials/{trial_id}/complete", body, trial_id=trial_id)
         return TrialOutcome.model_validate(response.json())
 
     def fail(self, trial_id: int, *, reason: str, requeue: bool | None = None) -> TrialOutcome:
         body: dict[str, Any] = {"reason": reason[:2000] or "failed"}
         if requeue is not None:
             body["requeue"] = requeue
-        response = self._post(f"/trials/{trial_id}/fail", body)
+        response = self._post(f"/trials/{trial_id}/fail", body, trial_id=trial_id)
         return TrialOutcome.model_validate(response.json())
 
     def _post(
@@ -113,8 +141,20 @@ class ServiceClient:
         *,
         attempts: int | None = None,
         abort: threading.Event | None = None,
+        trial_id: int | None = None,
     ) -> httpx.Response:
+        headers = None
+        if trial_id is not None:
+            with self._secrets_lock:
+                secret = self._secrets.get(trial_id)
+            headers = {LEASE_SECRET_HEADER: secret} if secret else None
         # Idempotent on the service side: see the module's docstring.
         return self._api.request(
-            "POST", path, json_body=body, idempotent=True, attempts=attempts, abort=abort
+            "POST",
+            path,
+            json_body=body,
+            headers=headers,
+            idempotent=True,
+            attempts=attempts,
+            abort=abort,
         )

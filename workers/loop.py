@@ -249,12 +249,15 @@ class Worker:
             assignment.number,
             assignment.params,
         )
+        # Every call on the trial carries the assignment's lease secret.
+        self.client.remember(assignment)
         heartbeat = _Heartbeat(self.client, trial, assignment.heartbeat_interval_s)
         heartbeat.start()
         try:
             self._run_with_heartbeat(trial)
         finally:
             heartbeat.stop()
+            self.client.forget(trial.trial_id)
 
     def _run_with_heartbeat(self, trial: _RunningTrial) -> None:
         report = self._reporter(trial)

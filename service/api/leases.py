@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Header, Path, Response, status
 
 from service import leasing
 from service.deps import CurrentWorker, SessionDep, SettingsDep, StorageDep
@@ -25,9 +25,19 @@ from tunefleet.protocol import (
 router = APIRouter(
     prefix=API_PREFIX, tags=["workers"], responses=error_responses(401, 403, 422, 503)
 )
-# A trial call for a trial without a lease (never leased, or another trial id) is 404;
-# one whose lease has ended differently (reaped, finished otherwise) is 409.
+# A trial call for a trial without a lease (never leased, or another trial id), or
+# without the lease's secret and token, is 404; one whose lease has ended
+# differently (reaped, finished otherwise) is 409.
 TRIAL_CALL_ERRORS = error_responses(404, 409)
+
+LeaseSecret = Annotated[
+    str | None,
+    Header(
+        alias="X-Lease-Secret",
+        max_length=256,
+        description="The assignment's lease_secret; without it (or another one) the call is 404.",
+    ),
+]
 
 # Optuna's trial ids are 32-bit integers in PostgreSQL: a larger one is a 422, not a 500.
 TrialId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Optuna's trial id.")]
@@ -44,11 +54,17 @@ def create_lease(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    _worker: CurrentWorker,
+    worker: CurrentWorker,
 ) -> Assignment | Response:
-    """Lease a trial of a running study (fair share by priority), or 204 when there is none."""
+    """Lease a trial of a running study (fair share between owners, then by priority),
+    or 204 when there is none."""
     assignment = leasing.lease_trial(
-        session, storage=storage, settings=settings, worker_id=body.worker_id, device=body.device
+        session,
+        storage=storage,
+        settings=settings,
+        worker_id=body.worker_id,
+        device=body.device,
+        holder=worker,
     )
     if assignment is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -64,43 +80,69 @@ def heartbeat(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    _worker: CurrentWorker,
+    worker: CurrentWorker,
+    secret: LeaseSecret = None,
 ) -> HeartbeatAck:
     """Extend the lease; the answer says stop when the study was paused or stopped."""
     return leasing.heartbeat(
-        session, storage=storage, settings=settings, trial_id=trial_id, progress=body.progress
+        session,
+        storage=storage,
+        settings=settings,
+        trial_id=trial_id,
+        progress=body.progress,
+        caller=(worker, secret),
     )
 
 
 @router.post(
-    "/trials/{trial_id}/intermediate", response_model=PruneDecision, responses=TRIAL_CALL_ERRORS
+    "/trials/{trial_id}/intermediate",
+    response_model=PruneDecision,
+    response_model_exclude_none=True,
+    responses=TRIAL_CALL_ERRORS,
 )
 def intermediate(
     trial_id: TrialId,
     body: IntermediateReport,
     session: SessionDep,
     storage: StorageDep,
-    _worker: CurrentWorker,
+    worker: CurrentWorker,
+    secret: LeaseSecret = None,
 ) -> PruneDecision:
-    """Record a validation value; the answer says whether the pruner stopped the trial."""
-    prune = leasing.report_intermediate(
-        session, storage=storage, trial_id=trial_id, step=body.step, value=body.value
+    """Record a validation value; the answer says whether the trial must stop (pruned,
+    or failed for a value that is not finite)."""
+    return leasing.report_intermediate(
+        session,
+        storage=storage,
+        trial_id=trial_id,
+        step=body.step,
+        value=body.value,
+        caller=(worker, secret),
     )
-    return PruneDecision(prune=prune)
 
 
 @router.post(
-    "/trials/{trial_id}/complete", response_model=TrialOutcome, responses=TRIAL_CALL_ERRORS
+    "/trials/{trial_id}/complete",
+    response_model=TrialOutcome,
+    responses={**TRIAL_CALL_ERRORS, **error_responses(413)},
 )
 def complete(
     trial_id: TrialId,
     body: TrialCompletion,
     session: SessionDep,
     storage: StorageDep,
-    _worker: CurrentWorker,
+    settings: SettingsDep,
+    worker: CurrentWorker,
+    secret: LeaseSecret = None,
 ) -> TrialOutcome:
     """Hand in one value per objective; the same call again gets the same answer."""
-    return leasing.complete_trial(session, storage=storage, trial_id=trial_id, completion=body)
+    return leasing.complete_trial(
+        session,
+        storage=storage,
+        trial_id=trial_id,
+        completion=body,
+        settings=settings,
+        caller=(worker, secret),
+    )
 
 
 @router.post("/trials/{trial_id}/fail", response_model=TrialOutcome, responses=TRIAL_CALL_ERRORS)
@@ -109,7 +151,10 @@ def fail(
     body: TrialFailure,
     session: SessionDep,
     storage: StorageDep,
-    _worker: CurrentWorker,
+    worker: CurrentWorker,
+    secret: LeaseSecret = None,
 ) -> TrialOutcome:
     """Fail the trial with a reason; 'worker interrupted' (or requeue) re-queues it."""
-    return leasing.fail_trial(session, storage=storage, trial_id=trial_id, failure=body)
+    return leasing.fail_trial(
+        session, storage=storage, trial_id=trial_id, failure=body, caller=(worker, secret)
+    )

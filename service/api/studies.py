@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from service import studies
-from service.deps import CurrentUser, SessionDep, StorageDep
+from service import quotas, studies
+from service.deps import CurrentUser, SessionDep, SettingsDep, StorageDep
 from service.schemas import (
     StudiesPublic,
     StudyAction,
@@ -33,13 +33,18 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Items skipped.")]
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(409, 413),
+    responses=error_responses(409, 413, 429),
     summary="Create a study",
 )
 def create_study(
-    spec: StudyCreate, user: CurrentUser, session: SessionDep, storage: StorageDep
+    spec: StudyCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
 ) -> StudyDetail:
     """Create a study from its spec; it starts running (workers get its trials)."""
+    quotas.check_new_study(session, principal=user, priority=spec.priority, settings=settings)
     return studies.create_study(session, storage, owner=user.owner, spec=spec)
 
 
@@ -81,14 +86,19 @@ def show_study(
 
 
 def _state_route(action: StudyAction, doc: str):
-    def change_state(study_id: StudyId, user: CurrentUser, session: SessionDep) -> StudyPublic:
+    def change_state(
+        study_id: StudyId, user: CurrentUser, session: SessionDep, settings: SettingsDep
+    ) -> StudyPublic:
+        if action == "resume":
+            record = studies.find_study(session, principal=user, study_id=study_id)
+            quotas.check_resume(session, record=record, settings=settings)
         return studies.change_study_state(session, principal=user, study_id=study_id, action=action)
 
     change_state.__doc__ = doc
     change_state.__name__ = f"{action}_study"
     router.post(
         f"/{{study_id}}/{action}",
-        responses=error_responses(404, 409),
+        responses=error_responses(404, 409, *((429,) if action == "resume" else ())),
         summary=f"{action.capitalize()} a study",
     )(change_state)
 

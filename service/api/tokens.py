@@ -36,6 +36,7 @@ def create_token(
         owner=body.owner,
         secret=settings.token_secret,
         expires_in=expires_in,
+        studies_of=body.studies_of,
     )
     public = TokenPublic.model_validate(issued.row)
     return TokenCreated(**public.model_dump(), token=issued.value)

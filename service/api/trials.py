@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, status
 
-from service import studies, trials
+from service import quotas, studies, trials
 from service.api.studies import Limit, Offset, StudyId
-from service.deps import CurrentUser, SessionDep, StorageDep
+from service.deps import CurrentUser, SessionDep, SettingsDep, StorageDep
 from service.schemas import (
     TrialDetail,
     TrialEnqueue,
@@ -78,7 +78,7 @@ def show_trial(
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(409, 413),
+    responses=error_responses(409, 413, 429),
     summary="Enqueue a trial",
 )
 def enqueue_trial(
@@ -87,7 +87,10 @@ def enqueue_trial(
     user: CurrentUser,
     session: SessionDep,
     storage: StorageDep,
+    settings: SettingsDep,
 ) -> TrialDetail:
-    """Queue a trial with fixed parameters; the next lease runs it before sampled ones."""
+    """Queue a trial with fixed parameters, within the study's remaining budget; the next
+    lease runs it before sampled ones."""
     record = studies.find_study(session, principal=user, study_id=study_id)
+    quotas.check_enqueue(session, storage, record=record, settings=settings)
     return trials.enqueue_trial(session, storage, record=record, params=body.params)

@@ -28,9 +28,23 @@ def test_demo_runs_the_builtin_study_and_leaves_no_process(tmp_path):
     data_dir = tmp_path / "demo"
     copy_source_models(data_dir / "cache")  # pretrained once per test run
     result = subprocess.run(
-        [sys.executable, "-m", "tunefleet", "demo", "--trials", "4", "--epochs", "2",
-         "--data-dir", str(data_dir)],
-        env=_demo_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tunefleet",
+            "demo",
+            "--trials",
+            "4",
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=_demo_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Pareto front" in result.stdout
@@ -58,19 +72,39 @@ def test_demo_interrupted_with_ctrl_c_leaves_no_process(tmp_path):
     log = tmp_path / "demo.out"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tunefleet", "demo", "--trials", "50", "--epochs", "3",
-             "--data-dir", str(data_dir)],
-            env=_demo_env(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            [
+                sys.executable,
+                "-m",
+                "tunefleet",
+                "demo",
+                "--trials",
+                "50",
+                "--epochs",
+                "3",
+                "--data-dir",
+                str(data_dir),
+            ],
+            env=_demo_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
         )
         try:
-            wait_until(lambda: "study" in log.read_text() and "id" in log.read_text(),
-                       timeout_s=180, what="the demo's study")
-            wait_until(lambda: len(processes_mentioning(str(data_dir))) >= 3,
-                       timeout_s=30, what="the demo's fleet")
+            wait_until(
+                lambda: "study" in log.read_text() and "id" in log.read_text(),
+                timeout_s=180,
+                what="the demo's study",
+            )
+            wait_until(
+                lambda: len(processes_mentioning(str(data_dir))) >= 3,
+                timeout_s=30,
+                what="the demo's fleet",
+            )
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 130
         finally:
             if proc.poll() is None:
                 proc.kill()
-    wait_until(lambda: processes_mentioning(str(data_dir)) == [], timeout_s=10,
-               what="no process left")
+    wait_until(
+        lambda: processes_mentioning(str(data_dir)) == [], timeout_s=10, what="no process left"
+    )

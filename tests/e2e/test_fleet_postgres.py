@@ -25,8 +25,12 @@ def _cli(*args: str, service: str, token: str) -> subprocess.CompletedProcess:
     env = subprocess_env(service_url=service, token=token)
     env["COLUMNS"] = "200"
     return subprocess.run(
-        [sys.executable, "-m", "tunefleet", *args], env=env, capture_output=True, text=True,
-        timeout=60, cwd=REPO_ROOT,
+        [sys.executable, "-m", "tunefleet", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
 
 
@@ -36,8 +40,9 @@ def finished_study(tmp_path_factory, module_pg_url):
     from tests.conftest import start_api_server
 
     tmp_path = tmp_path_factory.mktemp("fleet")
-    server = start_api_server(module_pg_url, tmp_path, heartbeat_interval_s=1,
-                              grace_period_s=30, reaper_interval_s=1)
+    server = start_api_server(
+        module_pg_url, tmp_path, heartbeat_interval_s=1, grace_period_s=30, reaper_interval_s=1
+    )
     workers = []
     try:
         user = create_token(module_pg_url, scope="user", owner="alice")
@@ -48,7 +53,9 @@ def finished_study(tmp_path_factory, module_pg_url):
             created = client.create_study(spec)
             study = wait_until(
                 lambda: (s := client.study(created["id"]))["state"] == "completed" and s,
-                timeout_s=300, interval_s=1, what="the study to complete",
+                timeout_s=300,
+                interval_s=1,
+                what="the study to complete",
             )
         yield {"server": server, "user": user, "study": study, "url": module_pg_url}
     finally:
@@ -90,8 +97,9 @@ def test_cli_shows_the_study_and_sorted_trials(finished_study):
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["name"] == "e2e-digits"
 
-    listed = _cli("trials", "e2e-digits", "--order-by", "accuracy", "--json",
-                  service=service, token=token)
+    listed = _cli(
+        "trials", "e2e-digits", "--order-by", "accuracy", "--json", service=service, token=token
+    )
     assert listed.returncode == 0, listed.stderr
     page = json.loads(listed.stdout)
     accuracies = [t["values"]["accuracy"] for t in page["data"]]
@@ -111,8 +119,9 @@ def test_optuna_dashboard_lists_the_study_and_its_trials(finished_study):
 
     storage = optuna.storages.RDBStorage(finished_study["url"])
     try:
-        with httpx.Client(transport=httpx.WSGITransport(app=wsgi(storage)),
-                          base_url="http://dashboard") as dashboard:
+        with httpx.Client(
+            transport=httpx.WSGITransport(app=wsgi(storage)), base_url="http://dashboard"
+        ) as dashboard:
             studies = dashboard.get("/api/studies").json()["study_summaries"]
             assert [s["study_name"] for s in studies] == [_optuna_name(finished_study)]
             detail = dashboard.get(f"/api/studies/{studies[0]['study_id']}").json()

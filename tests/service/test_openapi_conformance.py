@@ -50,9 +50,15 @@ WORKER_PATHS = ("/api/v1/leases", "/api/v1/trials/")
 
 
 def check_operations(
-    api: LiveApi, *, token: str, select: Callable[[str, str], bool], path_parameters: dict
+    api: LiveApi,
+    *,
+    token: str,
+    select: Callable[[str, str], bool],
+    path_parameters: dict,
+    extra_headers: dict | None = None,
 ) -> tuple[list[str], Counter]:
     """Generated requests for the selected operations: every failed check, and the statuses."""
+    extra_headers = extra_headers or {}
     schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
     failures: list[str] = []
     statuses: Counter = Counter()
@@ -78,7 +84,7 @@ def check_operations(
         )
         @given(case=st.one_of(strategies))
         def call(case) -> None:
-            headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
+            headers = {**extra_headers, **(case.headers or {}), "Authorization": f"Bearer {token}"}
             try:
                 response = case.call_and_validate(headers=headers, checks=CHECKS)
                 statuses[response.status_code] += 1
@@ -137,6 +143,8 @@ def test_every_worker_operation_answers_as_documented(live_api: LiveApi) -> None
         token=live_api.tokens["gpu-node-1"],
         select=lambda method, path: path.startswith(WORKER_PATHS),
         path_parameters={"trial_id": lease.json()["trial_id"]},
+        # Calls on the leased trial come with its lease secret, as a worker's do.
+        extra_headers={"X-Lease-Secret": lease.json()["lease_secret"]},
     )
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:15])
     assert statuses[200] and statuses[404] and statuses[422], statuses

@@ -45,6 +45,10 @@ def token_create(
         str | None,
         typer.Option(help="Lifetime, e.g. 30d, 12h or 2w; by default it never expires."),
     ] = None,
+    studies_of: Annotated[
+        str | None,
+        typer.Option(help="Worker tokens: lease only this owner's studies (a private fleet)."),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token; it is printed alone on the last line, and stored only as a hash."""
@@ -61,6 +65,7 @@ def token_create(
             value=value,
             secret=settings.token_secret,
             expires_in=lifetime,
+            studies_of=studies_of,
         )
         expiry = issued.row.expires_at
     until = f", valid until {expiry:%Y-%m-%d %H:%M} UTC" if expiry else ""

@@ -1,0 +1,89 @@
+"""Which study's trial a lease gets: fair share between owners first, then between
+an owner's studies by priority.
+
+A load is running trials plus the trials handed out in the last minute: with
+long trials the running ones decide, with short ones (many leases a minute) the
+rate does. The owner with the least load goes first, whatever the priorities
+and number of their studies, so two owners share the fleet evenly; among one
+owner's studies, the one with the least load per unit of weight
+(``priority + 1``) goes first, so their studies of priority 3 and 0 share that
+owner's part about 4:1.
+
+An owner at their limit of running trials (TUNEFLEET_MAX_RUNNING_TRIALS_PER_OWNER)
+waits until one ends. A worker token bound to an owner (a private fleet) sees
+only that owner's studies; the studies of owners with a private fleet
+(TUNEFLEET_PRIVATE_OWNERS) are never handed to other workers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from service.auth import Principal
+from service.config import Settings
+from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
+
+__all__ = ["FAIR_SHARE_WINDOW_S", "running_trials_by_owner", "studies_in_turn"]
+
+# How far back the leases handed out count towards a share.
+FAIR_SHARE_WINDOW_S = 60.0
+
+
+def running_trials_by_owner(session: Session, owners: list[str] | None = None) -> dict[str, int]:
+    """Active leases per owner, over studies in any state."""
+    query = (
+        sa.select(StudyRecord.owner, sa.func.count(Lease.trial_id))
+        .join(Lease, Lease.study_id == StudyRecord.id)
+        .where(Lease.state == LeaseState.ACTIVE)
+        .group_by(StudyRecord.owner)
+    )
+    if owners is not None:
+        query = query.where(StudyRecord.owner.in_(owners))
+    return dict(session.execute(query).all())  # type: ignore[arg-type]
+
+
+def studies_in_turn(
+    session: Session, *, settings: Settings, holder: Principal | None = None
+) -> list[StudyRecord]:
+    """Running studies this holder may lease, in the order they should be tried."""
+    since = utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW_S)
+    active = sa.func.count(Lease.trial_id).filter(Lease.state == LeaseState.ACTIVE)
+    recent = sa.func.count(Lease.trial_id).filter(Lease.leased_at > since)
+    query = (
+        sa.select(StudyRecord, active, recent)
+        .outerjoin(Lease, Lease.study_id == StudyRecord.id)
+        # A study whose Optuna study is still being created has no trials to give.
+        .where(StudyRecord.state == StudyState.RUNNING, StudyRecord.optuna_study_id.is_not(None))
+        .group_by(StudyRecord.id)
+    )
+    if holder is not None and holder.studies_of is not None:
+        query = query.where(StudyRecord.owner == holder.studies_of)
+    elif settings.private_owners:
+        query = query.where(StudyRecord.owner.not_in(settings.private_owners))
+    rows = session.execute(query).all()
+
+    by_owner: dict[str, list[tuple[StudyRecord, int, int]]] = defaultdict(list)
+    for record, running, handed_out in rows:
+        by_owner[record.owner].append((record, running, handed_out))
+    running_now = running_trials_by_owner(session, list(by_owner))
+
+    def owner_turn(owner: str) -> tuple[int, int, str]:
+        studies = by_owner[owner]
+        load = sum(running + handed_out for _, running, handed_out in studies)
+        return (load, running_now.get(owner, 0), owner)
+
+    def study_turn(row: tuple[StudyRecord, int, int]) -> tuple[float, float, int]:
+        record, running, handed_out = row
+        weight = max(record.priority, 0) + 1
+        return ((running + handed_out) / weight, running / weight, record.id)
+
+    order: list[StudyRecord] = []
+    for owner in sorted(by_owner, key=owner_turn):
+        if running_now.get(owner, 0) >= settings.max_running_trials_per_owner:
+            continue
+        order += [row[0] for row in sorted(by_owner[owner], key=study_turn)]
+    return order
