@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from tunefleet.protocol import Assignment
 from workers.transfer.errors import TrialPruned
@@ -102,7 +101,7 @@ def run_trials(
             prepared[i] = prepare_trial(assignment, device=device, cache_dir=cache_dir)
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as error:  # noqa: BLE001 - the trial's own outcome
+        except BaseException as error:  # the trial's own outcome
             outcomes[i] = error
     stacks: dict[tuple, list[int]] = defaultdict(list)
     alone: list[int] = []
@@ -151,7 +150,7 @@ def _guarded(call: Callable[[], Any]) -> Any:
         return call()
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as error:  # noqa: BLE001 - the trial's own outcome
+    except BaseException as error:  # the trial's own outcome
         return error
 
 
@@ -324,7 +323,7 @@ def _fit_stack(
                     raise TrialPruned(epoch, val_acc)
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except BaseException as error:  # noqa: BLE001 - this trial leaves the stack
+            except BaseException as error:  # this trial leaves the stack
                 ended[i] = error
 
     train_s = time.perf_counter() - started

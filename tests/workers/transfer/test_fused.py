@@ -103,11 +103,10 @@ def test_trials_that_cannot_fuse_train_alone_beside_a_stack(
     make_assignment, cache_dir, artifact_dir
 ):
     cache = FeatureCache()
-    batch = assignments(make_assignment, PARAMS[:2]) + [
-        make_assignment(
-            {**HEAD, **PARAMS[2], "unfreeze_blocks": 1}, search_space=SPACE, budget={"epochs": 2}
-        )
-    ]
+    unfrozen = make_assignment(
+        {**HEAD, **PARAMS[2], "unfreeze_blocks": 1}, search_space=SPACE, budget={"epochs": 2}
+    )
+    batch = [*assignments(make_assignment, PARAMS[:2]), unfrozen]
     expected = alone(batch, cache_dir, artifact_dir, cache)
     outcomes = run_trials(
         batch,
