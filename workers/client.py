@@ -23,6 +23,7 @@ from tunefleet.http import ApiError as Rejected
 from tunefleet.protocol import (
     LEASE_SECRET_HEADER,
     Assignment,
+    BatchAssignment,
     HeartbeatAck,
     PruneDecision,
     TrialOutcome,
@@ -82,6 +83,22 @@ class ServiceClient:
         assignment = Assignment.model_validate(response.json())
         self.remember(assignment)
         return assignment
+
+    def lease_batch(
+        self, *, worker_id: str, device: str, count: int, abort: threading.Event | None = None
+    ) -> list[Assignment]:
+        """Up to `count` trials of one study, each with its own lease; [] when none."""
+        response = self._post(
+            "/leases/batch",
+            {"worker_id": worker_id, "device": device, "count": count},
+            abort=abort,
+        )
+        if response.status_code == 204:
+            return []
+        assignments = BatchAssignment.model_validate(response.json()).assignments
+        for assignment in assignments:
+            self.remember(assignment)
+        return assignments
 
     def remember(self, assignment: Assignment) -> None:
         """Keep the assignment's lease secret for the calls on its trial."""

@@ -96,6 +96,13 @@ class WorkerSettings(BaseSettings):
     )
     backoff_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry delay.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="One HTTP request.")
+    pack: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Trials leased at once (one study); head-only ones of the same head shape "
+        "train fused on the cached features.",
+    )
     objective: str = Field(
         default=DEFAULT_OBJECTIVE,
         description="module:function run for each trial, with run_trial's signature. "

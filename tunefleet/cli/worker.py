@@ -27,6 +27,15 @@ def worker(
     worker_id: Annotated[
         str | None, typer.Option(help="Default hostname-pid-device [TUNEFLEET_WORKER_ID].")
     ] = None,
+    pack: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Lease up to K trials of one study at once; head-only trials of the same "
+            "head shape train fused [TUNEFLEET_PACK].",
+        ),
+    ] = None,
     warm: Annotated[
         bool,
         typer.Option("--warm", help="Pretrain the built-in source model before the first lease."),
@@ -51,6 +60,7 @@ def worker(
         max_trials=max_trials,
         idle_exit_s=idle_exit,
         worker_id=worker_id,
+        pack=pack,
         objective=objective,
         warm=warm,
     )
