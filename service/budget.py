@@ -72,6 +72,7 @@ def fail_and_requeue(
     lease: Lease,
     reason: str,
     requeue: bool,
+    detail: str | None = None,
 ) -> dict:
     """Fail the lease's trial and, when asked and allowed, re-queue its parameters:
     within the spec's max_retries, never for a stopped study or a spent budget.
@@ -96,6 +97,7 @@ def fail_and_requeue(
         reason=reason,
         requeue=retry,
         worker=lease_worker_attrs(lease),
+        detail=detail,
     )
     outcome: dict = {"state": trial.state.name, "reason": reason}
     if retry_trial is not None:

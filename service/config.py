@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tunefleet.roots import parse_roots
 
 ENV_PREFIX = "TUNEFLEET_"
 
@@ -50,6 +53,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="Largest request body accepted, in bytes."
     )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `imagefolder:` datasets may lie under, comma-separated; "
+        "a part `{owner}` stands for the study's owner. Empty: no dataset files at all.",
+    )
+    model_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `file:` models and `source_weights` may lie under, "
+        "as data_roots.",
+    )
     db_pool_size: int = Field(default=10, ge=1, description="Connections kept per API process.")
     db_max_overflow: int = Field(default=20, ge=0, description="Extra connections under load.")
 
@@ -62,6 +75,11 @@ class Settings(BaseSettings):
                 f"not {url.split(':', 1)[0]!r}"
             )
         return url
+
+    @field_validator("data_roots", "model_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> list[str]:
+        return parse_roots(value)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

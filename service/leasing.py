@@ -392,7 +392,12 @@ def fail_trial(
         raise _lease_gone(lease)
     record = session.get_one(StudyRecord, lease.study_id)
     lease.outcome = fail_and_requeue(
-        storage=storage, record=record, lease=lease, reason=failure.reason, requeue=requeue
+        storage=storage,
+        record=record,
+        lease=lease,
+        reason=failure.reason,
+        requeue=requeue,
+        detail=failure.detail,
     )
     lease.state = LeaseState.RELEASED if requeue else LeaseState.FAILED
     lease.finished_at = utcnow()

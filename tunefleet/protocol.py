@@ -110,7 +110,17 @@ class TrialCompletion(_Message):
 
 
 class TrialFailure(_Message):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="What the study's owner sees: a short code and a message that names only "
+        "what the spec says.",
+    )
+    detail: str | None = Field(
+        default=None,
+        max_length=8000,
+        description="The full story (paths and names found on the worker); shown to admins only.",
+    )
     requeue: bool | None = Field(
         default=None,
         description="Run these parameters again (within the spec's max_retries). "

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tunefleet.roots import parse_roots
 
 DEFAULT_OBJECTIVE = "workers.transfer:run_trial"
 
@@ -47,6 +50,21 @@ class WorkerSettings(BaseSettings):
         default_factory=lambda: Path.home() / ".tunefleet" / "artifacts",
         description="Where trial checkpoints are written.",
     )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `imagefolder:` datasets may lie under (comma-separated; "
+        "`{owner}` stands for the study's owner); the same as the API's.",
+    )
+    model_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `file:` models and `source_weights` may lie under.",
+    )
+    dataset_max_files: int = Field(
+        default=200_000, ge=1, description="Most directory entries walked for one dataset."
+    )
+    dataset_max_images: int = Field(
+        default=100_000, ge=1, description="Most images loaded for one dataset."
+    )
     max_trials: int | None = Field(
         default=None, ge=1, description="Exit after this many trials (default: never)."
     )
@@ -64,6 +82,11 @@ class WorkerSettings(BaseSettings):
         description="module:function run for each trial, with run_trial's signature. "
         "Only tests change it.",
     )
+
+    @field_validator("data_roots", "model_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> list[str]:
+        return parse_roots(value)
 
     @field_validator("service_url")
     @classmethod

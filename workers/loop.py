@@ -252,9 +252,12 @@ class Worker:
                 log.info("trial %s pruned: %s", trial.trial_id, error)
                 return
             log.exception("trial %s raised", trial.trial_id)
-            reason = f"{type(error).__name__}: {error}"
+            reason, detail = failure_reason(error)
             self._send(
-                lambda: self.client.fail(trial.trial_id, reason=reason, requeue=False), trial
+                lambda: self.client.fail(
+                    trial.trial_id, reason=reason, requeue=False, detail=detail
+                ),
+                trial,
             )
             return
         if trial.abandoned.is_set():
@@ -329,6 +332,24 @@ class Worker:
                 if attempts is not None and attempt >= attempts:
                     log.warning("trial %s: giving up: %s", trial.trial_id, error)
                     return None
+
+
+def failure_reason(error: BaseException) -> tuple[str, str]:
+    """(what the owner sees, the full detail for the log and admins).
+
+    An engine error carries a ``code`` and a ``public`` message that names only
+    what the spec says; any other exception may hold paths and names found on
+    this worker, so the owner sees only its type.
+    """
+    detail = f"{type(error).__name__}: {error}"
+    code, public = getattr(error, "code", None), getattr(error, "public", None)
+    if isinstance(code, str) and isinstance(public, str):
+        return f"{code}: {public}", detail
+    return (
+        f"worker_error: the trial raised {type(error).__name__} (an admin can read the "
+        "detail in the trial and the worker's log)",
+        detail,
+    )
 
 
 def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:

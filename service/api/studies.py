@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from service import studies
-from service.deps import CurrentUser, SessionDep, StorageDep
+from service.deps import CurrentUser, SessionDep, SettingsDep, StorageDep
 from service.schemas import (
     StudiesPublic,
     StudyAction,
@@ -37,10 +37,17 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Items skipped.")]
     summary="Create a study",
 )
 def create_study(
-    spec: StudyCreate, user: CurrentUser, session: SessionDep, storage: StorageDep
+    spec: StudyCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
 ) -> StudyDetail:
-    """Create a study from its spec; it starts running (workers get its trials)."""
-    return studies.create_study(session, storage, owner=user.owner, spec=spec)
+    """Create a study from its spec; it starts running (workers get its trials).
+
+    `imagefolder:`, `file:` and `source_weights` paths must lie under the
+    operator's data and model roots (422 otherwise)."""
+    return studies.create_study(session, storage, owner=user.owner, spec=spec, settings=settings)
 
 
 @router.get("", summary="List studies")
