@@ -68,6 +68,7 @@ def _assignment(lease: Lease, record: StudyRecord, params: dict, settings: Setti
         number=lease.number,
         params=params,
         spec=record.spec,
+        owner=record.owner,
         lease_expires_at=lease.expires_at,
         heartbeat_interval_s=settings.heartbeat_interval_s,
     )

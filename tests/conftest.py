@@ -22,10 +22,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get(
-    "TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_TAG = uuid.uuid4().hex[:8]
+# `serve` and `token create` refuse a short or default secret on PostgreSQL; the tests'
+# processes (and the tokens made in this one) share this long one.
+TEST_TOKEN_SECRET = "tests-only-" + "0123456789abcdef" * 3
+os.environ.setdefault("TUNEFLEET_TOKEN_SECRET", TEST_TOKEN_SECRET)
 
 
 def _admin_engine() -> sa.Engine:
@@ -89,6 +91,7 @@ def subprocess_env(**settings: object) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TUNEFLEET_TOKEN_SECRET", TEST_TOKEN_SECRET)
     for key, value in settings.items():
         env[f"TUNEFLEET_{key.upper()}"] = str(value)
     return env
@@ -149,8 +152,9 @@ def start_api_server(database_url: str, tmp_dir: Path, **settings: object) -> Ap
     except Exception:
         proc.kill()
         raise RuntimeError(f"API did not start:\n{log_path.read_text()}") from None
-    return ApiServer(url=url, database_url=database_url, proc=proc, log_path=log_path,
-                     settings=settings)
+    return ApiServer(
+        url=url, database_url=database_url, proc=proc, log_path=log_path, settings=settings
+    )
 
 
 @pytest.fixture
@@ -192,10 +196,14 @@ def _drop_leftover_databases() -> Iterator[None]:
     yield
     engine = _admin_engine()
     with engine.connect() as conn:
-        names = conn.execute(
-            sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-            {"p": f"%\\_{RUN_TAG}\\_%"},
-        ).scalars().all()
+        names = (
+            conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                {"p": f"%\\_{RUN_TAG}\\_%"},
+            )
+            .scalars()
+            .all()
+        )
         for name in names:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()

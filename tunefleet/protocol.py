@@ -65,6 +65,11 @@ class Assignment(BaseModel):
         description="The study spec the trial belongs to; the worker validates it with the "
         "same model the API used, so both sides read the same defaults and bounds."
     )
+    owner: str | None = Field(
+        default=None,
+        description="The study's owner: a worker resolves `{owner}` in its data and model "
+        "roots with it.",
+    )
     lease_expires_at: datetime
     heartbeat_interval_s: float = Field(
         default=10.0, description="How often the service expects a heartbeat."
