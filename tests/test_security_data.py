@@ -118,13 +118,18 @@ def trial_as(fleet: FleetEnv, token: str, study_id: int) -> dict:
     ids=["etc", "missing", "dotdot", "other-owner", "symlink", "file-model", "weights"],
 )
 def test_a_spec_path_outside_the_owners_roots_is_refused_at_creation(
-    fleet: FleetEnv, tokens: dict[str, str], base: Path, field: str, spec: dict
+    fleet: FleetEnv,
+    tokens: dict[str, str],
+    base: Path,
+    field: str,
+    spec: dict,
+    request: pytest.FixtureRequest,
 ) -> None:
     link = base / "data" / "alice" / "etc-link"
     if not link.is_symlink():
         link.symlink_to("/etc")
     spec = {k: v.replace("{base}", str(base)) for k, v in spec.items()}
-    answer = create(fleet, tokens["alice"], f"outside-{field}-{len(spec)}", **spec)
+    answer = create(fleet, tokens["alice"], "outside-" + request.node.callspec.id, **spec)
     assert answer.status_code == 422, answer.text
     error = answer.json()["detail"]
     assert error["path"] == [field]

@@ -11,8 +11,8 @@ dataset and model can run.
 A root may hold ``{owner}`` as one of its parts (``/data/{owner}``): the owner
 of the study takes its place, so each owner reads only their own folder. A
 relative path resolves against each root in turn (the first where it exists,
-on a worker). The messages name what the user wrote and never say whether a
-path exists.
+on a worker), and is refused if it leaves any of them. The messages name what
+the user wrote and never say whether a path exists.
 """
 
 from __future__ import annotations
@@ -136,13 +136,11 @@ def resolve_under_roots(
         if is_under_roots(Path(written), roots, owner=owner):
             return _real(written)
         raise refused
-    candidates = [
-        _real(root / written)
-        for root in _concrete_roots(roots, owner)
-        if _real(root / written).is_relative_to(root)
-    ]
-    if not candidates:
+    candidates = [(_real(root / written), root) for root in _concrete_roots(roots, owner)]
+    # A relative path that leaves any root (`..`, a link) is refused outright.
+    if not candidates or any(not path.is_relative_to(root) for path, root in candidates):
         raise refused
+    candidates = [path for path, _ in candidates]
     if prefer_existing:
         for candidate in candidates:
             if candidate.exists():

@@ -40,6 +40,9 @@ class WorkerSettings(BaseSettings):
         default="http://127.0.0.1:8000", description="Base URL of the TuneFleet API."
     )
     token: str = Field(default="", description="Bearer token with the worker scope.")
+    token_file: Path | None = Field(
+        default=None, description="A file holding the token (read when token is empty)."
+    )
     device: str = Field(default="auto", description="cpu, cuda, cuda:N, or auto.")
     worker_id: str | None = Field(default=None, description="Default: hostname-pid-device.")
     cache_dir: Path = Field(

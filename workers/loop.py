@@ -410,8 +410,14 @@ def run_worker_command(**options: Any) -> int:
             name = "TUNEFLEET_" + "_".join(str(p) for p in problem["loc"]).upper()
             log.error("bad setting %s: %s", name, problem["msg"])
         return 2
+    if not settings.token and settings.token_file is not None:
+        try:
+            settings.token = settings.token_file.read_text().strip()
+        except OSError as error:
+            log.error("cannot read the token file %s: %s", settings.token_file, error.strerror)
+            return 2
     if not settings.token:
-        log.error("no token: pass --token or set TUNEFLEET_TOKEN (a worker-scope token)")
+        log.error("no token: set TUNEFLEET_TOKEN or pass --token-file PATH (a worker-scope token)")
         return 2
     try:
         run_worker(settings)
