@@ -49,6 +49,13 @@ def fleet(base: Path) -> Iterator[FleetEnv]:
         drop_database(url)
 
 
+@pytest.fixture(autouse=True)
+def clean(fleet: FleetEnv) -> Iterator[None]:
+    """Each test's studies are stopped after it, so that a worker runs only the next one's."""
+    yield
+    fleet.cleanup()
+
+
 @pytest.fixture(scope="module")
 def tokens(fleet: FleetEnv) -> dict[str, str]:
     return {
@@ -86,8 +93,8 @@ def run_one_trial(fleet: FleetEnv, base: Path, study_id: int, **settings: object
     worker = fleet.start_worker(
         "--max-trials", "1", objective=ENGINE, settings=worker_settings(base, **settings)
     )
-    assert fleet.wait_workers([worker], timeout_s=180) == [0], fleet.worker_log(worker)
     fleet.studies.append(study_id)
+    assert fleet.wait_workers([worker], timeout_s=180) == [0], fleet.worker_log(worker)
     return fleet.worker_log(worker)
 
 

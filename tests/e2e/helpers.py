@@ -11,15 +11,29 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
-def start_worker(service_url: str, token: str, tmp_path: Path, index: int,
-                 *extra: str) -> subprocess.Popen:
+def start_worker(
+    service_url: str, token: str, tmp_path: Path, index: int, *extra: str
+) -> subprocess.Popen:
     """A real `tunefleet worker` process on the CPU."""
     log = open(tmp_path / f"worker-{index}.log", "w")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
-        [sys.executable, "-m", "tunefleet", "worker", "--service", service_url, "--token", token,
-         "--device", "cpu", *extra],
-        env={**subprocess_env(cache_dir=tmp_path / "cache", artifact_dir=tmp_path / "artifacts"),
-             "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "tunefleet",
+            "worker",
+            "--service",
+            service_url,
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        env={
+            **subprocess_env(
+                cache_dir=tmp_path / "cache", artifact_dir=tmp_path / "artifacts", token=token
+            ),
+            "OMP_NUM_THREADS": "1",
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO_ROOT,
