@@ -251,8 +251,8 @@ class Worker:
                 # The service marked the trial PRUNED when it answered prune=true.
                 log.info("trial %s pruned: %s", trial.trial_id, error)
                 return
-            log.exception("trial %s raised", trial.trial_id)
             reason, detail = failure_reason(error)
+            log.exception("trial %s failed (%s)", trial.trial_id, reason)
             self._send(
                 lambda: self.client.fail(
                     trial.trial_id, reason=reason, requeue=False, detail=detail
