@@ -66,8 +66,7 @@ def token_create(
     until = f", valid until {expiry:%Y-%m-%d %H:%M} UTC" if expiry else ""
     article = "an" if scope == "admin" else "a"
     err.print(
-        f"created {article} {scope} token for {owner}{until}; keep it secret, "
-        "it is not shown again"
+        f"created {article} {scope} token for {owner}{until}; keep it secret, it is not shown again"
     )
     print(issued.value)
 
