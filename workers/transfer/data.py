@@ -40,6 +40,8 @@ class InputSpec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"  # as timm and torchvision name it: bilinear, bicubic, ...
+    crop_pct: float = 1.0  # resize the shorter side to size / crop_pct, then centre-crop
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,14 @@ def load_dataset(uri: str, input_spec: InputSpec) -> Dataset:
         key: tuple = (uri,)
     elif scheme == "imagefolder":
         root = Path(rest).expanduser()
-        key = (uri, input_spec.channels, input_spec.size, _folder_fingerprint(root, uri))
+        key = (
+            uri,
+            input_spec.channels,
+            input_spec.size,
+            input_spec.interpolation,
+            input_spec.crop_pct,
+            _folder_fingerprint(root, uri),
+        )
     else:
         raise DatasetError(
             f"unknown dataset scheme {scheme!r} in {uri!r}; use builtin:digits-5to9 "
@@ -275,12 +284,22 @@ def _check_class_sizes(uri: str, classes: tuple[str, ...], labels: np.ndarray, n
 
 
 def _read_images(uri: str, files: list[Path], labels: np.ndarray, spec: InputSpec) -> Split:
-    """Decode, resize (shorter side) and centre-crop to the model's input size, as uint8."""
+    """Decode, resize (shorter side, to size / crop_pct with the model's interpolation)
+    and centre-crop to the model's input size, as uint8."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import v2
 
-    mode = "L" if spec.channels == 1 else "RGB"
-    resize = v2.Compose([v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size)])
+    mode = "L" if spec.channels == 1 else "RGB"  # grayscale expands to RGB here
+    resize = v2.Compose(
+        [
+            v2.Resize(
+                round(spec.size / spec.crop_pct),
+                interpolation=v2.InterpolationMode(spec.interpolation),
+                antialias=True,
+            ),
+            v2.CenterCrop(spec.size),
+        ]
+    )
     out = torch.empty((len(files), spec.channels, spec.size, spec.size), dtype=torch.uint8)
     for i, path in enumerate(files):
         try:

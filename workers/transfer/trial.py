@@ -98,9 +98,11 @@ def run_trial(
     )
     cfg.validate()
 
-    source = load_source_model(
-        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir)
-    )
+    try:
+        source_uri, source_weights = spec.source_of(assignment.params)
+    except SpecError as error:
+        raise ParamError(str(error)) from None
+    source = load_source_model(source_uri, weights=source_weights, cache_dir=Path(cache_dir))
     data = load_dataset(spec.dataset, source.input_spec)
     loaded = time.perf_counter()
 
@@ -112,7 +114,8 @@ def run_trial(
         cfg,
         report,
         feature_cache=feature_cache,
-        cache_key=(source.content_hash, data.fingerprint),
+        # Backbone and weights, dataset, preprocessing; train.py adds split and frozen depth.
+        cache_key=(source.content_hash, data.fingerprint, source.input_spec),
     )
 
     scored = time.perf_counter()
@@ -147,7 +150,7 @@ def run_trial(
             "source_model": source.uri,
             "source_arch": source.arch,
             "source_hash": source.content_hash,
-            "source_weights": spec.source_weights,
+            "source_weights": source_weights,
             "dataset": data.uri,
             "classes": list(data.classes),
             "input": asdict(source.input_spec),
@@ -210,6 +213,7 @@ def _fit_attrs(fit: FitResult, source: SourceModel, data: Dataset, model: Transf
         "feature_cache": fit.feature_cache,
         "precision": fit.precision,
         "source_hash": source.content_hash,
+        "source_model": source.uri,
         "backbone_stages": source.num_stages,
         "unfrozen_stages": model.unfrozen_stages,
         "num_classes": data.num_classes,
