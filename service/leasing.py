@@ -4,7 +4,10 @@ intermediate value, complete, fail.
 Fair share: among running studies with work left, a lease goes to the study
 with the least load per unit of weight (``priority + 1``), the load being its
 running trials plus those it was handed in the last minute; two studies of
-priority 3 and 0 share the workers about 4:1.
+priority 3 and 0 share the workers about 4:1. Among studies at the same load, a
+study whose source model the worker already holds loaded (``warm_backbones``)
+goes first: the backbone stays warm and the sampler is never steered (no
+parameter is re-drawn; only which study's turn comes first changes).
 
 Atomicity: the budget check and the ask run while this process holds the
 study's lock and the database holds the study's row lock (``SELECT ... FOR
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -83,9 +87,11 @@ def lease_trial(
     settings: Settings,
     worker_id: str,
     device: str,
+    warm_backbones: Sequence[str] = (),
 ) -> Assignment | None:
     """A trial for this worker: the one it already holds, else one of the study whose
-    turn it is; None when no running study has work. Commits as it goes."""
+    turn it is (among equals, one whose backbone the worker holds); None when no
+    running study has work. Commits as it goes."""
     held = session.scalars(
         sa.select(Lease)
         .where(Lease.worker_id == worker_id, Lease.state == LeaseState.ACTIVE)
@@ -102,7 +108,7 @@ def lease_trial(
         params = get_frozen_trial(storage, held.trial_id).params
         session.commit()
         return _assignment(held, record, params, settings)
-    for record in _studies_in_turn(session):
+    for record in _studies_in_turn(session, warm=frozenset(warm_backbones)):
         try:
             entry = study_of(storage, record)
         except KeyError:  # its Optuna study was deleted behind TuneFleet's back
@@ -122,13 +128,15 @@ def lease_trial(
     return None
 
 
-def _studies_in_turn(session: Session) -> list[StudyRecord]:
+def _studies_in_turn(session: Session, *, warm: frozenset[str] = frozenset()) -> list[StudyRecord]:
     """Running studies, the one furthest below its fair share first.
 
     A study's load is its running trials plus the trials it was handed in the
     last minute, per unit of weight (priority + 1): with long trials the
     running ones decide, with short ones (many leases a minute) the rate does,
-    so both end up shared in proportion to the weights.
+    so both end up shared in proportion to the weights. A study that uses a
+    backbone in `warm` counts half a lease less: it goes first among studies at
+    the same load, never before one further below its share.
     """
     since = utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW_S)
     active = sa.func.count(Lease.trial_id).filter(Lease.state == LeaseState.ACTIVE)
@@ -144,9 +152,20 @@ def _studies_in_turn(session: Session) -> list[StudyRecord]:
     def turn(row) -> tuple[float, float, int]:
         record, running, handed_out = row
         weight = max(record.priority, 0) + 1
-        return ((running + handed_out) / weight, running / weight, record.id)
+        load = running + handed_out - (0.5 if _uses_warm_backbone(record, warm) else 0.0)
+        return (load / weight, running / weight, record.id)
 
     return [row[0] for row in sorted(rows, key=turn)]
+
+
+def _uses_warm_backbone(record: StudyRecord, warm: frozenset[str]) -> bool:
+    """Whether the study's source model (or one of its searched ones) is in `warm`."""
+    if not warm:
+        return False
+    spec = record.spec or {}
+    searched = (spec.get("search_space") or {}).get("source_model") or {}
+    choices = searched.get("choices") if isinstance(searched, dict) else None
+    return bool(warm.intersection(choices or [spec.get("source_model")]))
 
 
 def _lease_from_study(

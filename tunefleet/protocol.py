@@ -13,7 +13,7 @@ call after the lease names the trial by ``trial_id`` in the path.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,12 @@ class LeaseRequest(_Message):
 
     worker_id: str = _ID
     device: str = Field(default="cpu", min_length=1, max_length=64)
+    warm_backbones: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Source models the worker holds loaded, most recent first; the service "
+        "prefers, within the fair share, studies that use them.",
+    )
 
 
 class Assignment(BaseModel):

@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,13 @@ from tunefleet.http import Backoff, Interrupted, Unreachable
 from tunefleet.protocol import WORKER_INTERRUPTED, Assignment
 from workers.client import Rejected, ServiceClient
 from workers.config import WorkerSettings
+
+
+def _warm_backbones() -> list[str]:
+    """The source models the engine holds loaded (none before it has run a trial)."""
+    sources = sys.modules.get("workers.transfer.sources")  # imported by the first trial
+    return sources.warm_backbones() if sources is not None else []
+
 
 __all__ = [
     "Objective",
@@ -177,7 +185,10 @@ class Worker:
         while not self.stop_requested.is_set() and not self.force_stop.is_set():
             try:
                 assignment = self.client.lease(
-                    worker_id=self.worker_id, device=self.device, abort=self.stop_requested
+                    worker_id=self.worker_id,
+                    device=self.device,
+                    abort=self.stop_requested,
+                    warm_backbones=_warm_backbones(),
                 )
             except Interrupted:
                 break

@@ -48,7 +48,12 @@ def create_lease(
 ) -> Assignment | Response:
     """Lease a trial of a running study (fair share by priority), or 204 when there is none."""
     assignment = leasing.lease_trial(
-        session, storage=storage, settings=settings, worker_id=body.worker_id, device=body.device
+        session,
+        storage=storage,
+        settings=settings,
+        worker_id=body.worker_id,
+        device=body.device,
+        warm_backbones=body.warm_backbones,
     )
     if assignment is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
