@@ -1,4 +1,4 @@
-"""Rewrite tunefleet/_backbones.py from the installed timm and torchvision.
+"""Rewrite tunefleet/_spec_backbones.py from the installed timm and torchvision.
 
 The API process checks `source_model` names against these lists without
 importing torch or timm. Run after upgrading either library:
@@ -14,7 +14,7 @@ from pathlib import Path
 import timm
 import torchvision
 
-TARGET = Path(__file__).resolve().parents[1] / "tunefleet" / "_backbones.py"
+TARGET = Path(__file__).resolve().parents[1] / "tunefleet" / "_spec_backbones.py"
 
 
 def _words(names: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Source models and their weights as a spec names them, checked without torch or timm.
 
 A source model is `builtin:<name>`, `timm:<name>[.<tag>]`, `torchvision:<arch>`
-or `file:<path>`. Names are checked against tunefleet/_backbones.py, a list
+or `file:<path>`. Names are checked against tunefleet/_spec_backbones.py, a list
 generated from the libraries by scripts/refresh_backbone_names.py, so that the
 API process answers 422 for an unknown name without importing either library.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from tunefleet._backbones import TIMM_MODELS, TORCHVISION_WEIGHTS
+from tunefleet._spec_backbones import TIMM_MODELS, TORCHVISION_WEIGHTS
 
 BUILTIN_MODELS = ("digits-cnn",)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")

@@ -67,7 +67,7 @@ def models(
     ] = None,
 ) -> None:
     """List the backbones a spec may name, and whether their pretrained weights are cached."""
-    from tunefleet._backbones import TIMM_MODELS, TORCHVISION_WEIGHTS
+    from tunefleet._spec_backbones import TIMM_MODELS, TORCHVISION_WEIGHTS
 
     if family is not None and family not in FAMILIES:
         raise CliError(f"--family {family!r} is unknown; use timm or torchvision")
