@@ -106,3 +106,10 @@ def test_a_timm_trial_on_a_grayscale_imagefolder_trains_the_top_block(
     # The frozen stem+layer1..3 features are cached, keyed with the backbone's preprocessing.
     keys = list(cache._entries)
     assert any(k[2].size == 160 and k[2].mean == (0.5, 0.5, 0.5) for k in keys), keys
+
+
+def test_the_worker_loop_reports_the_backbones_the_engine_holds(caches):
+    from workers.loop import _warm_backbones
+
+    sources.load_source_model(f"timm:{TIMM_MODEL}", weights="pretrained", cache_dir=caches)
+    assert _warm_backbones()[0] == f"timm:{TIMM_MODEL}"  # most recently used first
