@@ -47,9 +47,18 @@ def running_trials_by_owner(session: Session, owners: list[str] | None = None) -
 
 
 def studies_in_turn(
-    session: Session, *, settings: Settings, holder: Principal | None = None
+    session: Session,
+    *,
+    settings: Settings,
+    holder: Principal | None = None,
+    warm: frozenset[str] = frozenset(),
 ) -> list[StudyRecord]:
-    """Running studies this holder may lease, in the order they should be tried."""
+    """Running studies this holder may lease, in the order they should be tried.
+
+    Among one owner's studies, a study whose source model (or one of its searched
+    ones) the worker holds loaded (`warm`) counts half a lease less: it goes first
+    among studies at the same load, never before one further below its share, and
+    the sampler is never steered (no parameter is re-drawn)."""
     since = utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW_S)
     active = sa.func.count(Lease.trial_id).filter(Lease.state == LeaseState.ACTIVE)
     recent = sa.func.count(Lease.trial_id).filter(Lease.leased_at > since)
@@ -79,7 +88,8 @@ def studies_in_turn(
     def study_turn(row: tuple[StudyRecord, int, int]) -> tuple[float, float, int]:
         record, running, handed_out = row
         weight = max(record.priority, 0) + 1
-        return ((running + handed_out) / weight, running / weight, record.id)
+        load = running + handed_out - (0.5 if _uses_warm_backbone(record, warm) else 0.0)
+        return (load / weight, running / weight, record.id)
 
     order: list[StudyRecord] = []
     for owner in sorted(by_owner, key=owner_turn):
@@ -87,3 +97,13 @@ def studies_in_turn(
             continue
         order += [row[0] for row in sorted(by_owner[owner], key=study_turn)]
     return order
+
+
+def _uses_warm_backbone(record: StudyRecord, warm: frozenset[str]) -> bool:
+    """Whether the study's source model (or one of its searched ones) is in `warm`."""
+    if not warm:
+        return False
+    spec = record.spec or {}
+    searched = (spec.get("search_space") or {}).get("source_model") or {}
+    choices = searched.get("choices") if isinstance(searched, dict) else None
+    return bool(warm.intersection(choices or [spec.get("source_model")]))

@@ -9,6 +9,10 @@ returned with the assignment (service/lease_holder.py); every call on the
 trial needs both, else 404. Asking again with the same worker_id gives the
 lease back only to the same token, with a new secret.
 
+Warm backbones: a worker says which source models it holds loaded; among an
+owner's studies at the same load, one using such a backbone goes first
+(service/fair_share.py).
+
 Atomicity: the budget check and the ask run while this process holds the
 study's lock and the database holds the study's row lock (``SELECT ... FOR
 UPDATE``), so neither 16 concurrent leases nor several API processes ask past
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -93,9 +98,11 @@ def lease_trial(
     worker_id: str,
     device: str,
     holder: Principal | None = None,
+    warm_backbones: Sequence[str] = (),
 ) -> Assignment | None:
     """A trial for this worker: the one it already holds, else one of the study whose
-    turn it is; None when no running study has work. Commits as it goes.
+    turn it is (among equals, one whose backbone the worker holds); None when no
+    running study has work. Commits as it goes.
 
     `holder` is the token asking (None: an in-process caller); a lease held under
     the same worker_id by another token is not this worker's."""
@@ -121,7 +128,9 @@ def lease_trial(
         secret = new_lease_secret(held, holder)  # the first answer, and its secret, were lost
         session.commit()
         return _assignment(held, record, params, settings, secret)
-    for record in studies_in_turn(session, settings=settings, holder=holder):
+    for record in studies_in_turn(
+        session, settings=settings, holder=holder, warm=frozenset(warm_backbones)
+    ):
         try:
             entry = study_of(storage, record)
         except KeyError:  # its Optuna study was deleted behind TuneFleet's back

@@ -16,7 +16,7 @@ the assignment's ``lease_secret`` in the ``X-Lease-Secret`` header: without it
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,6 +64,12 @@ class LeaseRequest(_Message):
 
     worker_id: str = _ID
     device: str = Field(default="cpu", min_length=1, max_length=64)
+    warm_backbones: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Source models the worker holds loaded, most recent first; the service "
+        "prefers, within the fair share, studies that use them.",
+    )
 
 
 class BatchLeaseRequest(LeaseRequest):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
@@ -58,6 +57,14 @@ from tunefleet._spec_search import (
     grid_count,
     problem_in_distribution,
 )
+from tunefleet._spec_sources import (
+    BUILTIN_MODELS,
+    WEIGHT_SUFFIXES,
+    SourceWeights,
+    source_problem,
+    weights_for,
+    weights_problem,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -66,6 +73,7 @@ __all__ = [
     "KNOWN_PARAMS",
     "METRICS",
     "PGD",
+    "SOURCE_PARAM",
     "Budget",
     "CategoricalParam",
     "CmaEsSampler",
@@ -188,15 +196,14 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 }
 """Metrics a trial reports, with the direction used when an objective names none."""
 
-BUILTIN_MODELS = ("digits-cnn",)
 BUILTIN_DATASETS = ("digits-5to9",)
 Corruption = Literal["blur", "contrast", "brightness", "pixelate", "shot_noise"]
 CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
 """Common corruptions of the robustness suite; the engine implements exactly these."""
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 MAX_GRID_POINTS = 100_000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-_TORCHVISION_ARCH = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SOURCE_PARAM = "source_model"
+"""The search-space name under which the source model itself is searched."""
 
 # --------------------------------------------------------------------------
 # The spec
@@ -359,16 +366,20 @@ class StudySpec(SpecModel):
     source_model: str = Field(
         description="Pretrained model: builtin:<name> ("
         + ", ".join(BUILTIN_MODELS)
-        + "), torchvision:<arch> (needs source_weights) or file:<path> ("
+        + "), timm:<name>, torchvision:<arch> (both need source_weights) or file:<path> ("
         + ", ".join(WEIGHT_SUFFIXES)
-        + ").",
-        examples=["builtin:digits-cnn", "torchvision:resnet18", "file:/models/b.safetensors"],
+        + "). May be left out when search_space.source_model searches it (the first "
+        "choice is then the default).",
+        examples=["builtin:digits-cnn", "timm:resnet18", "torchvision:resnet18"],
     )
-    source_weights: str | None = Field(
+    source_weights: SourceWeights = Field(
         None,
-        description="Local state-dict file for torchvision:<arch> ("
+        description="Weights of a timm or torchvision source: pretrained (the library's own "
+        "download, cached on the worker; `tunefleet prefetch` fills the cache), a torchvision "
+        "weights name (IMAGENET1K_V2) or a local file ("
         + ", ".join(WEIGHT_SUFFIXES)
-        + "); weights are never downloaded.",
+        + "). When source_model is searched: a map from each choice to its weights.",
+        examples=["pretrained", {"timm:resnet18": "pretrained", "torchvision:resnet18": "DEFAULT"}],
     )
     dataset: str = Field(
         description="Target dataset: builtin:<name> ("
@@ -381,8 +392,10 @@ class StudySpec(SpecModel):
     )
     search_space: dict[str, SearchParam] = Field(
         min_length=1,
-        max_length=len(KNOWN_PARAMS),
-        description="Hyperparameters to search, by name: " + ", ".join(KNOWN_PARAMS) + ".",
+        max_length=len(KNOWN_PARAMS) + 1,
+        description="Hyperparameters to search, by name: "
+        + ", ".join(KNOWN_PARAMS)
+        + "; and source_model (categorical over source model URIs) to search the backbone.",
     )
     fixed_params: dict[str, ParamValue] = Field(
         default_factory=dict,
@@ -412,35 +425,22 @@ class StudySpec(SpecModel):
 
     # -- field checks ---------------------------------------------------------
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source_model(cls, data: Any) -> Any:
+        """A searched source model needs no `source_model`: the first choice stands in."""
+        if isinstance(data, dict) and "source_model" not in data:
+            searched = (data.get("search_space") or {}).get(SOURCE_PARAM)
+            choices = searched.get("choices") if isinstance(searched, dict) else None
+            if isinstance(choices, list) and choices and isinstance(choices[0], str):
+                return {**data, "source_model": choices[0]}
+        return data
+
     @field_validator("source_model")
     @classmethod
     def _check_source_model(cls, uri: str) -> str:
-        scheme, sep, rest = uri.partition(":")
-        if not sep or not rest:
-            raise custom_error(
-                f"{show_value(uri)} has no scheme: use builtin:<name>, torchvision:<arch> "
-                "or file:<path>"
-            )
-        if scheme == "builtin":
-            if rest not in BUILTIN_MODELS:
-                raise custom_error(
-                    f"unknown built-in model {show_value(rest)}; known: "
-                    + ", ".join(BUILTIN_MODELS)
-                )
-        elif scheme == "torchvision":
-            if not _TORCHVISION_ARCH.match(rest):
-                raise custom_error(f"{show_value(rest)} is not a torchvision architecture name")
-        elif scheme == "file":
-            if not rest.endswith(WEIGHT_SUFFIXES):
-                raise custom_error(
-                    "a file: model must end in "
-                    + ", ".join(WEIGHT_SUFFIXES)
-                    + f", got {show_value(rest)}"
-                )
-        else:
-            raise custom_error(
-                f"unknown scheme {show_value(scheme)}; known: builtin, torchvision, file"
-            )
+        if (why := source_problem(uri)) is not None:
+            raise custom_error(why)
         return uri
 
     @field_validator("dataset")
@@ -461,17 +461,6 @@ class StudySpec(SpecModel):
             raise custom_error(f"unknown scheme {show_value(scheme)}; known: builtin, imagefolder")
         return uri
 
-    @field_validator("source_weights")
-    @classmethod
-    def _check_weights(cls, path: str | None) -> str | None:
-        if path is not None and not path.endswith(WEIGHT_SUFFIXES):
-            raise custom_error(
-                "source_weights must end in "
-                + ", ".join(WEIGHT_SUFFIXES)
-                + f", got {show_value(path)}"
-            )
-        return path
-
     # -- checks across fields -------------------------------------------------
 
     @model_validator(mode="after")
@@ -491,19 +480,47 @@ class StudySpec(SpecModel):
         return self
 
     def _check_source(self, problems: Problems) -> None:
-        scheme = self.source_model.partition(":")[0]
-        if scheme == "torchvision" and self.source_weights is None:
+        searched = self.search_space.get(SOURCE_PARAM)
+        weights = self.source_weights
+        if searched is None:
+            if isinstance(weights, dict):
+                problems.add(
+                    ("source_weights",),
+                    "a map of weights applies when search_space.source_model searches the "
+                    "source model; give one value for " + self.source_model,
+                )
+            elif (why := weights_problem(self.source_model, weights)) is not None:
+                problems.add(("source_weights",), why, weights)
+            return
+        loc: Loc = ("search_space", SOURCE_PARAM)
+        if not isinstance(searched, CategoricalParam):
+            problems.add((*loc, "type"), "source_model is searched as type: categorical", "")
+            return
+        choices = [c for c in searched.choices if isinstance(c, str)]
+        for j, choice in enumerate(searched.choices):
+            if (why := source_problem(choice)) is not None:
+                problems.add((*loc, "choices", j), why, choice)
+        if self.source_model not in choices:
             problems.add(
-                ("source_weights",),
-                "torchvision models need source_weights: a local .safetensors or .pt "
-                "state dict (nothing is downloaded)",
+                ("source_model",),
+                "with source_model searched, source_model (the default) must be one of "
+                "its choices, or left out",
+                self.source_model,
             )
-        if scheme != "torchvision" and self.source_weights is not None:
-            problems.add(
-                ("source_weights",),
-                "source_weights only applies to torchvision:<arch> models",
-                self.source_weights,
-            )
+        for key in weights if isinstance(weights, dict) else ():
+            if key not in choices:
+                problems.add(
+                    ("source_weights", key), "not one of search_space.source_model.choices"
+                )
+        for choice in choices:
+            if source_problem(choice) is not None:
+                continue
+            why = weights_problem(choice, weights_for(weights, choice))
+            if why is not None:
+                at: Loc = (
+                    ("source_weights", choice) if isinstance(weights, dict) else ("source_weights",)
+                )
+                problems.add(at, why, weights_for(weights, choice))
 
     def _check_objectives(self, problems: Problems) -> None:
         seen: set[str] = set()
@@ -524,6 +541,8 @@ class StudySpec(SpecModel):
         for name, dist in self.search_space.items():
             loc: Loc = ("search_space", name)
             known = KNOWN_PARAMS.get(name)
+            if name == SOURCE_PARAM:
+                continue  # checked with the source (_check_source)
             if known is None:
                 problems.add(loc, _unknown_param(name), name)
             elif isinstance(dist, CategoricalParam):
@@ -635,6 +654,7 @@ class StudySpec(SpecModel):
 
         Raises SpecError with paths like `params.lr` for an unknown name or a bad value.
         """
+        params = {k: v for k, v in params.items() if k != SOURCE_PARAM}
         errors = [
             {"path": f"params.{name}", "message": why}
             for name, value in params.items()
@@ -646,6 +666,27 @@ class StudySpec(SpecModel):
         merged.update(self.fixed_params)
         merged.update(params)
         return {name: KNOWN_PARAMS[name].coerce(value) for name, value in merged.items()}
+
+    def source_of(self, params: Mapping[str, Any]) -> tuple[str, str | None]:
+        """The source model of a trial (sampled when searched) and its weights."""
+        uri = params.get(SOURCE_PARAM, self.source_model)
+        if SOURCE_PARAM in params and (not isinstance(uri, str) or uri not in self.source_models()):
+            raise SpecError(
+                [
+                    {
+                        "path": f"params.{SOURCE_PARAM}",
+                        "message": f"{show_value(uri)} is not one of the searched source models",
+                    }
+                ]
+            )
+        return uri, weights_for(self.source_weights, uri)
+
+    def source_models(self) -> list[str]:
+        """Every source model a trial of this study may use."""
+        searched = self.search_space.get(SOURCE_PARAM)
+        if isinstance(searched, CategoricalParam):
+            return [c for c in searched.choices if isinstance(c, str)]
+        return [self.source_model]
 
     @classmethod
     def from_text(cls, text: str) -> StudySpec:

@@ -13,7 +13,7 @@ with (the ``X-Lease-Secret`` header); the client keeps it from the lease on.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -74,10 +74,18 @@ class ServiceClient:
         self.close()
 
     def lease(
-        self, *, worker_id: str, device: str, abort: threading.Event | None = None
+        self,
+        *,
+        worker_id: str,
+        device: str,
+        abort: threading.Event | None = None,
+        warm_backbones: Sequence[str] = (),
     ) -> Assignment | None:
         """A trial to run, or None when no study has work right now."""
-        response = self._post("/leases", {"worker_id": worker_id, "device": device}, abort=abort)
+        body: dict[str, Any] = {"worker_id": worker_id, "device": device}
+        if warm_backbones:
+            body["warm_backbones"] = list(warm_backbones)[:64]
+        response = self._post("/leases", body, abort=abort)
         if response.status_code == 204:
             return None
         assignment = Assignment.model_validate(response.json())

@@ -15,6 +15,7 @@ import importlib
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,13 @@ from tunefleet.http import Backoff, Interrupted, Unreachable
 from tunefleet.protocol import WORKER_INTERRUPTED, Assignment, TrialOutcome
 from workers.client import Rejected, ServiceClient
 from workers.config import DEFAULT_OBJECTIVE, WorkerSettings, device_problem
+
+
+def _warm_backbones() -> list[str]:
+    """The source models the engine holds loaded (none before it has run a trial)."""
+    sources = sys.modules.get("workers.transfer.sources")  # imported by the first trial
+    return sources.warm_backbones() if sources is not None else []
+
 
 __all__ = [
     "Objective",
@@ -246,7 +254,10 @@ class Worker:
     def _lease(self) -> list[Assignment]:
         if self.pack == 1:
             assignment = self.client.lease(
-                worker_id=self.worker_id, device=self.device, abort=self.stop_requested
+                worker_id=self.worker_id,
+                device=self.device,
+                abort=self.stop_requested,
+                warm_backbones=_warm_backbones(),
             )
             return [] if assignment is None else [assignment]
         count = self.pack

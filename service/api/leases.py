@@ -67,6 +67,7 @@ def create_lease(
         worker_id=body.worker_id,
         device=body.device,
         holder=worker,
+        warm_backbones=body.warm_backbones,
     )
     if assignment is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)

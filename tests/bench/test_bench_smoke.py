@@ -106,3 +106,13 @@ def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:
         assert positive(variant["images_per_s"]) and positive(variant["trials_per_min"])
         cache = ["miss"] + ["hit"] * (trials - 1) if name.endswith("+cache") else ["off"] * trials
         assert variant["feature_cache_per_trial"] == cache, name
+
+
+def test_backbones_reports_throughput_and_cache_speedup_per_model(tmp_path: Path) -> None:
+    body = run_benchmark(module("backbones"), tmp_path)
+    assert set(body["models"]) == set(body["config"]["models"])
+    for figures in body["models"].values():
+        for trial in ("head_only", "head_only_cached", "unfreeze_1"):
+            assert positive(figures[trial]["images_per_s"]), trial
+            assert positive(figures[trial]["peak_mb"]), trial
+        assert positive(figures["feature_cache_speedup"])

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from tunefleet.cli.demo import demo
 from tunefleet.cli.errors import CliError
+from tunefleet.cli.models import models, prefetch
 from tunefleet.cli.server import migrate, serve
 from tunefleet.cli.studies import study_app, trials
 from tunefleet.cli.tokens import token_app
@@ -35,6 +36,8 @@ app.command()(demo)
 app.add_typer(token_app, name="token")
 app.add_typer(study_app, name="study")
 app.command("trials")(trials)
+app.command()(prefetch)
+app.command()(models)
 
 err = Console(stderr=True, soft_wrap=True)
 

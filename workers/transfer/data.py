@@ -42,6 +42,8 @@ class InputSpec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"  # as timm and torchvision name it: bilinear, bicubic, ...
+    crop_pct: float = 1.0  # resize the shorter side to size / crop_pct, then centre-crop
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,15 @@ def load_dataset(uri: str, input_spec: InputSpec, *, access: FileAccess | None =
     access = access or FileAccess.from_env()
     root = access.dataset_path(rest, uri)
     listing = _scan(root, rest, access)
-    key = (uri, str(root), input_spec.channels, input_spec.size, listing.fingerprint())
+    key = (
+        uri,
+        str(root),
+        input_spec.channels,
+        input_spec.size,
+        input_spec.interpolation,
+        input_spec.crop_pct,
+        listing.fingerprint(),
+    )
     with _LOCK:
         if key not in _DATASETS:
             _DATASETS[key] = _load_imagefolder(uri, rest, listing, input_spec)
@@ -355,12 +365,22 @@ def _check_class_sizes(
 
 
 def _read_images(written: str, files: list[Path], labels: np.ndarray, spec: InputSpec) -> Split:
-    """Decode, resize (shorter side) and centre-crop to the model's input size, as uint8."""
+    """Decode, resize (shorter side, to size / crop_pct with the model's interpolation)
+    and centre-crop to the model's input size, as uint8."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import v2
 
-    mode = "L" if spec.channels == 1 else "RGB"
-    resize = v2.Compose([v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size)])
+    mode = "L" if spec.channels == 1 else "RGB"  # grayscale expands to RGB here
+    resize = v2.Compose(
+        [
+            v2.Resize(
+                round(spec.size / spec.crop_pct),
+                interpolation=v2.InterpolationMode(spec.interpolation),
+                antialias=True,
+            ),
+            v2.CenterCrop(spec.size),
+        ]
+    )
     out = torch.empty((len(files), spec.channels, spec.size, spec.size), dtype=torch.uint8)
     for i, path in enumerate(files):
         try:

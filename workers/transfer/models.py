@@ -36,6 +36,9 @@ class InputAdapter(nn.Module):
         super().__init__()
         self.channels = spec.channels
         self.size = spec.size
+        self.mode = (
+            spec.interpolation if spec.interpolation in ("bilinear", "bicubic") else "bilinear"
+        )
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
 
@@ -50,7 +53,7 @@ class InputAdapter(nn.Module):
                     f"images have {x.shape[1]} channels and the model takes {self.channels}"
                 )
         if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=False)
         return (x - self.mean) / self.std
 
 

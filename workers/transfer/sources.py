@@ -1,30 +1,34 @@
-"""Source models by URI, loaded once per worker process.
+"""Source models by URI, loaded once per worker process and kept while they fit.
 
-`builtin:digits-cnn` is pretrained here (see builtin.py); `torchvision:<arch>`
-builds the architecture with `weights=None` and loads a local weights file;
-`file:<path>` loads a safetensors or state-dict file whose architecture is
-named in its metadata (`arch`) or recognised from its keys. Nothing is ever
-downloaded.
+`builtin:digits-cnn` is pretrained here (see builtin.py); `timm:<name>` and
+`torchvision:<arch>` are built by their library and take `pretrained` (the
+library's download, cached; see backbones.py), a torchvision weights name, or a
+local weights file; `file:<path>` loads a safetensors or state-dict file whose
+architecture is named in its metadata (`arch`) or recognised from its keys.
+
+Loaded backbones stay in a least-recently-used cache bounded by their size
+(TUNEFLEET_BACKBONE_CACHE_MB); `warm_backbones()` names them, and the worker
+tells the service, which prefers to hand it trials of those backbones.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from workers.transfer import builtin
+from workers.transfer import backbones, builtin
 from workers.transfer.access import FileAccess
 from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, InputSpec
 from workers.transfer.errors import SourceModelError
 from workers.transfer.weights import StateDict, load_weights, state_dict_hash
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_INPUT = InputSpec(channels=1, size=8, mean=(DIGITS_MEAN,), std=(DIGITS_STD,))
 
 
@@ -49,36 +53,59 @@ class SourceModel:
         return len(self._stages)
 
 
-_SOURCES: dict[tuple, SourceModel] = {}
+_SOURCES: OrderedDict[tuple, SourceModel] = OrderedDict()
 _LOCK = threading.Lock()
+MAX_BACKBONE_BYTES = int(os.environ.get("TUNEFLEET_BACKBONE_CACHE_MB", "4096")) * 2**20
+
+
+def warm_backbones() -> list[str]:
+    """URIs of the source models this process holds, most recently used first."""
+    with _LOCK:
+        return list(dict.fromkeys(source.uri for source in reversed(_SOURCES.values())))
+
+
+def _keep(key: tuple, source: SourceModel) -> None:
+    """Hold `source`, dropping the least recently used ones beyond the size bound."""
+    _SOURCES[key] = source
+    _SOURCES.move_to_end(key)
+    sizes = {
+        k: backbones.param_bytes(v._stages) + backbones.param_bytes(v._post)
+        for k, v in _SOURCES.items()
+    }
+    while len(_SOURCES) > 1 and sum(sizes[k] for k in _SOURCES) > MAX_BACKBONE_BYTES:
+        _SOURCES.popitem(last=False)
 
 
 def load_source_model(
     uri: str, *, weights: str | None, cache_dir: Path, access: FileAccess | None = None
 ) -> SourceModel:
-    """The source model named by `uri` (and `weights` for torchvision), cached per process.
+    """The source model named by `uri` with `weights` (timm and torchvision), cached.
 
-    A `file:` path and `weights` must lie under the worker's model roots (`access`,
-    by default this process's TUNEFLEET_* settings); checked before they are opened.
+    A `file:` path and a weights file must lie under the worker's model roots
+    (`access`, by default this process's TUNEFLEET_* settings); checked before they
+    are opened. Library weights (`pretrained`, a weights name) come from the cache.
     """
     if not isinstance(uri, str) or ":" not in uri:
         raise SourceModelError(
-            f"source model {uri!r} is not a URI; use builtin:digits-cnn, "
+            f"source model {uri!r} is not a URI; use builtin:digits-cnn, timm:<name>, "
             "torchvision:<arch> (with source_weights) or file:<path>"
         )
     scheme, _, rest = uri.partition(":")
     if scheme == "builtin":
         key: tuple = (uri, str(Path(cache_dir).resolve()))
-    elif scheme == "torchvision":
+    elif scheme in ("timm", "torchvision"):
         if not weights:
             raise SourceModelError(
-                f"{uri} needs source_weights: the path of a local .safetensors or .pt state "
-                "dict on the worker (TuneFleet never downloads weights)"
+                f"{uri} needs source_weights: pretrained, a torchvision weights name or the "
+                "path of a local .safetensors or .pt state dict on the worker"
             )
-        access = access or FileAccess.from_env()
-        path = access.model_path(weights, "source_weights")
-        shown = weights
-        key = (uri, *_file_key(path, shown))
+        path, shown = None, weights
+        if _is_file(weights):
+            access = access or FileAccess.from_env()
+            path = access.model_path(weights, "source_weights")
+            key = (uri, *_file_key(path, shown))
+        else:
+            key = (uri, weights, str(Path(cache_dir).resolve()))
     elif scheme == "file":
         access = access or FileAccess.from_env()
         path = access.model_path(rest, "source_model")
@@ -86,19 +113,89 @@ def load_source_model(
         key = (uri, *_file_key(path, shown))
     else:
         raise SourceModelError(
-            f"unknown source model scheme {scheme!r} in {uri!r}; use builtin:, torchvision: "
-            "or file:"
+            f"unknown source model scheme {scheme!r} in {uri!r}; use builtin:, timm:, "
+            "torchvision: or file:"
         )
     with _LOCK:
-        if key not in _SOURCES:
-            if scheme == "builtin":
-                _SOURCES[key] = _load_builtin(uri, Path(cache_dir))
-            elif scheme == "torchvision":
+        if key in _SOURCES:
+            _SOURCES.move_to_end(key)
+            return _SOURCES[key]
+        if scheme == "builtin":
+            source = _load_builtin(uri, Path(cache_dir))
+        elif scheme == "timm":
+            # A weights file is read from where the root check resolved it.
+            timm_weights = str(path) if path is not None else weights
+            source = _load_timm(uri, rest, timm_weights, Path(cache_dir))  # type: ignore[arg-type]
+        elif scheme == "torchvision":
+            if path is not None:
                 state, _ = load_weights(path, shown=shown)
-                _SOURCES[key] = _from_torchvision(uri, rest, state)
+                source = _from_torchvision(uri, rest, state)
             else:
-                _SOURCES[key] = _load_file(uri, path, shown)
-        return _SOURCES[key]
+                state = backbones.torchvision_state(
+                    uri,
+                    rest,
+                    weights,
+                    cache_dir=Path(cache_dir),  # type: ignore[arg-type]
+                )
+                source = _from_torchvision(uri, rest, state, weights_name=weights)
+        else:
+            source = _load_file(uri, path, shown)
+        _keep(key, source)
+        return source
+
+
+def _is_file(weights: str) -> bool:
+    return weights.endswith((".safetensors", ".pt", ".pth"))
+
+
+def _load_timm(uri: str, name: str, weights: str, cache_dir: Path) -> SourceModel:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise SourceModelError(
+            f"{uri}: timm is not installed on this worker; pip install 'tunefleet[worker]'"
+        ) from None
+    model = backbones.load_timm(uri, name, weights=weights, cache_dir=cache_dir)
+    input_spec = backbones.timm_input(model)
+    split = backbones.timm_stages(model)
+    if split is None or not _chain_matches(model, *split, input_spec):
+        stages, post = [copy.deepcopy(model)], nn.Flatten(1)
+    else:
+        stages, post = split
+    return SourceModel(
+        uri=uri,
+        arch=f"timm:{name}",
+        content_hash=state_dict_hash(model.state_dict()),
+        input_spec=input_spec,
+        feature_dim=_feature_width(model, input_spec),
+        _stages=nn.ModuleList(stages),
+        _post=post,
+    )
+
+
+@torch.no_grad()
+def _feature_width(model: nn.Module, spec: InputSpec) -> int:
+    """Width of the classifier-less model's output, read from one forward pass."""
+    x = torch.zeros(1, spec.channels, spec.size, spec.size)
+    return int(model.eval()(x).flatten(1).shape[1])
+
+
+@torch.no_grad()
+def _chain_matches(
+    model: nn.Module, stages: list[nn.Module], post: nn.Module, spec: InputSpec
+) -> bool:
+    """The stages and post, run in order, give the model's own features."""
+    x = torch.rand(
+        2, spec.channels, spec.size, spec.size, generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        expected = model.eval()(x).flatten(1)
+        got = x
+        for module in [*stages, post]:
+            got = module.eval()(got)
+    except Exception:
+        return False
+    return got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4, rtol=1e-3)
 
 
 def _file_key(path: Path, shown: str) -> tuple:
@@ -179,7 +276,9 @@ def _from_digits_cnn(uri: str, state: StateDict, digest: str) -> SourceModel:
     )
 
 
-def _from_torchvision(uri: str, name: str, state: StateDict) -> SourceModel:
+def _from_torchvision(
+    uri: str, name: str, state: StateDict, *, weights_name: str | None = None
+) -> SourceModel:
     import torchvision
 
     try:
@@ -191,7 +290,7 @@ def _from_torchvision(uri: str, name: str, state: StateDict) -> SourceModel:
     classifier_name, classifier = _last_linear(model, uri)
     _load_without_classifier(model, state, classifier_name, uri)
     model.eval()
-    input_spec = _torchvision_input(name)
+    input_spec = backbones.torchvision_input(name, weights_name)
     stages, post = _split_stages(model, classifier_name, input_spec.size)
     return SourceModel(
         uri=uri,
@@ -202,19 +301,6 @@ def _from_torchvision(uri: str, name: str, state: StateDict) -> SourceModel:
         _stages=nn.ModuleList(stages),
         _post=post,
     )
-
-
-def _torchvision_input(name: str) -> InputSpec:
-    """Input size and normalisation from the model's weight metadata (no download)."""
-    import torchvision
-
-    try:
-        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        size = int(transforms.crop_size[0])
-        mean, std = tuple(transforms.mean), tuple(transforms.std)
-    except Exception:
-        size, mean, std = 224, IMAGENET_MEAN, IMAGENET_STD
-    return InputSpec(channels=3, size=size, mean=mean, std=std)
 
 
 def _last_linear(model: nn.Module, uri: str) -> tuple[str, nn.Linear]:

@@ -80,7 +80,8 @@ class PreparedTrial:
 
     @property
     def cache_key(self) -> tuple:
-        return (self.source.content_hash, self.data.fingerprint)
+        """Backbone and weights, dataset, preprocessing; train.py adds split and frozen depth."""
+        return (self.source.content_hash, self.data.fingerprint, self.source.input_spec)
 
 
 def prepare_trial(
@@ -111,9 +112,13 @@ def prepare_trial(
     )
     cfg.validate()
 
+    try:
+        source_uri, source_weights = spec.source_of(assignment.params)
+    except SpecError as error:
+        raise ParamError(str(error)) from None
     access = access or FileAccess.from_env(owner=getattr(assignment, "owner", None))
     source = load_source_model(
-        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir), access=access
+        source_uri, weights=source_weights, cache_dir=Path(cache_dir), access=access
     )
     data = load_dataset(spec.dataset, source.input_spec, access=access)
     loaded = time.perf_counter()
@@ -162,6 +167,7 @@ def finish_trial(trial: PreparedTrial, fit: FitResult, *, artifact_dir: Path) ->
     spec, number, device = assignment.spec, assignment.number, cfg.device
     metrics = spec.metric_names
     started, loaded = trial.started, trial.loaded
+    _, source_weights = spec.source_of(assignment.params)  # validated in prepare_trial
 
     scored = time.perf_counter()
     values: dict[str, float] = {}
@@ -195,7 +201,7 @@ def finish_trial(trial: PreparedTrial, fit: FitResult, *, artifact_dir: Path) ->
             "source_model": source.uri,
             "source_arch": source.arch,
             "source_hash": source.content_hash,
-            "source_weights": spec.source_weights,
+            "source_weights": source_weights,
             "dataset": data.uri,
             "classes": list(data.classes),
             "input": asdict(source.input_spec),
@@ -258,6 +264,7 @@ def _fit_attrs(fit: FitResult, source: SourceModel, data: Dataset, model: Transf
         "feature_cache": fit.feature_cache,
         "precision": fit.precision,
         "source_hash": source.content_hash,
+        "source_model": source.uri,
         "backbone_stages": source.num_stages,
         "unfrozen_stages": model.unfrozen_stages,
         "num_classes": data.num_classes,

@@ -192,7 +192,7 @@ def test_unknown_schemes_and_params_are_clear_errors(
     kwargs = {"cache_dir": cache_dir, "artifact_dir": artifact_dir}
     with pytest.raises(ParamError, match=r"spec\.dataset: unknown scheme 'hub'"):
         run_trial(make_assignment(dataset="hub:cifar10"), report, **kwargs)
-    with pytest.raises(ParamError, match=r"spec\.source_model: unknown scheme 'hf'"):
+    with pytest.raises(ParamError, match=r"spec\.source_model: unknown family 'hf'"):
         run_trial(make_assignment(source_model="hf:resnet"), report, **kwargs)
     with pytest.raises(ParamError, match=r"params\.momentum: unknown hyperparameter"):
         run_trial(make_assignment({"momentum": 0.9}), report, **kwargs)
