@@ -46,7 +46,12 @@ def images(tmp_path_factory) -> Path:
 def engine_worker(env: FleetEnv, cache: Path, name: str, max_trials: int) -> subprocess.Popen:
     """A real worker running the real trial engine, offline, on the CPU."""
     run_env = subprocess_env(
-        cache_dir=cache, artifact_dir=env.log_dir / "artifacts", poll_interval_max_s=0.5
+        cache_dir=cache,
+        artifact_dir=env.log_dir / "artifacts",
+        poll_interval_max_s=0.5,
+        token=env.worker_token,
+        # The run's temporary folder holds the generated image folders.
+        data_roots=env.log_dir.parent,
     )
     run_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     log = open(env.log_dir / f"{name}.log", "w")  # noqa: SIM115 - the child owns it
@@ -57,8 +62,6 @@ def engine_worker(env: FleetEnv, cache: Path, name: str, max_trials: int) -> sub
             "workers",
             "--service",
             env.api.url,
-            "--token",
-            env.worker_token,
             "--worker-id",
             name,
             "--device",
