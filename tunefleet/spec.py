@@ -189,7 +189,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 """Metrics a trial reports, with the direction used when an objective names none."""
 
 BUILTIN_MODELS = ("digits-cnn",)
-BUILTIN_DATASETS = ("digits-5to9",)
+BUILTIN_DATASETS = ("digits-5to9", "digits-shifted", "digits-shifted-s1")
 Corruption = Literal["blur", "contrast", "brightness", "pixelate", "shot_noise"]
 CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
 """Common corruptions of the robustness suite; the engine implements exactly these."""
