@@ -86,6 +86,16 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """sha256 of the classes and of every split's images and labels, as loaded."""
+        digest = hashlib.sha256("\n".join(self.classes).encode())
+        for split in (self.train, self.val, self.test):
+            for tensor in (split.x, split.y):
+                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """Pixel values in [0, 1] as float32, whichever way they are stored."""
