@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.models import STUDY_STATES, StudyRecord
 from service.optuna_store import trial_state_totals
 
-__all__ = ["install_metrics"]
+__all__ = ["SCRAPE_CACHE_S", "StateCollector", "install_metrics"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunefleet.http import Backoff, Interrupted, Unreachable
-from tunefleet.protocol import WORKER_INTERRUPTED, Assignment
+from tunefleet.protocol import WORKER_INTERRUPTED, Assignment, TrialOutcome
 from workers.client import Rejected, ServiceClient
 from workers.config import WorkerSettings, device_problem
 
@@ -303,12 +303,7 @@ class Worker:
             return
         self._note_failure(None)
         values, attrs, artifact = _unpack(result)
-        outcome = self._send(
-            lambda: self.client.complete(
-                trial.trial_id, values=values, attrs=attrs, artifact=artifact
-            ),
-            trial,
-        )
+        outcome = self._send(lambda: self._complete(trial, values, attrs, artifact), trial)
         if outcome is not None:
             log.info(
                 "trial %s %s %s",
@@ -335,6 +330,26 @@ class Worker:
             return prune
 
         return report
+
+    def _complete(
+        self, trial: _RunningTrial, values: Any, attrs: Any, artifact: str | None
+    ) -> TrialOutcome:
+        """Hand in the values; an artifact the service cannot reach does not cost them."""
+        try:
+            return self.client.complete(
+                trial.trial_id, values=values, attrs=attrs, artifact=artifact
+            )
+        except Rejected as error:
+            if error.status_code != 422 or artifact is None or "artifact" not in (error.path or []):
+                raise
+            log.warning(
+                "trial %s: the service refused the artifact %s (%s); completing without it: "
+                "give the workers the API's TUNEFLEET_ARTIFACT_DIR (shared storage)",
+                trial.trial_id,
+                artifact,
+                error.message,
+            )
+            return self.client.complete(trial.trial_id, values=values, attrs=attrs, artifact=None)
 
     def _let_go(self, trial: _RunningTrial, reason: str) -> None:
         """Give the trial back so that the service re-queues its parameters."""

@@ -194,3 +194,16 @@ def test_a_paused_study_makes_its_worker_abandon_the_trial(fleet_env: FleetEnv):
     # Re-queued, so that resuming the study runs these parameters again.
     (retry,) = [t for t in fleet_env.trials(study_id) if t.state.name == "WAITING"]
     assert retry.user_attrs["retry_of"] == abandoned.number
+
+
+def test_an_artifact_the_service_cannot_reach_does_not_cost_the_trials_values(
+    fleet_env: FleetEnv,
+):
+    study_id = fleet_env.create_study("elsewhere", budget={"max_trials": 2, "epochs": 1})
+    worker = fleet_env.start_worker("--max-trials", "2", objective="elsewhere")
+    assert fleet_env.wait_workers([worker], timeout_s=60) == [0]
+    trials = fleet_env.trials(study_id)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all("artifact" not in t.user_attrs for t in trials)
+    log = fleet_env.worker_log(worker)
+    assert "completing without it" in log and "TUNEFLEET_ARTIFACT_DIR" in log
