@@ -1,16 +1,24 @@
-"""Search quality: TPE with Hyperband pruning against random search without pruning.
+"""Search quality: random search, TPE with Hyperband, and TPE with Hyperband warm-started.
 
-In-process Optuna studies on the built-in task (digits-cnn -> digits 5-9),
-single objective accuracy; the objective is the engine's run_trial, whose
-per-epoch validation accuracy goes to trial.report / trial.should_prune.
-For every run (arm x seed) it counts the trials and the training time spent
-until a trial reaches 95% (and 99%) of the best accuracy any run found.
+In-process Optuna studies on a built-in task (default digits-cnn ->
+builtin:digits-shifted: digits 5-9 turned a quarter, 12 labelled images per
+class), single objective accuracy; the objective is the engine's run_trial,
+whose per-epoch validation accuracy goes to trial.report / trial.should_prune.
+Arms, per seed: random without pruning; TPE + Hyperband cold; TPE + Hyperband
+warm-started with the best `top_k` configurations of a TPE + Hyperband study
+run first on the related variant (--warm-from, another draw of the labelled
+images), projected and enqueued as the service's warm start does. For every
+run it counts the trials and the training time spent until a trial reaches
+95% (and 99%) of the best accuracy any run found; the prior study's own time
+is reported apart (it is past work the warm start reuses).
 
     .venv/bin/python -m bench.search_quality [--tiny] [--seeds S] [--trials T] [--epochs E]
 
 A run that never reaches the target counts with its whole budget (and
-`reached` says how many runs did). Ratios are random / TPE: above 1 means
-TPE with pruning needs less.
+`reached` says how many runs did). Ratios are train time of one arm over
+another: below 1 means the first needs less. `discrimination` is the task's
+own measurement: the median accuracy of the random arm's completed trials
+over the best accuracy any run found.
 """
 
 from __future__ import annotations
@@ -23,9 +31,13 @@ from pathlib import Path
 import optuna
 
 from bench.harness import apply_threads, engine_assignment, parser, ratio, table, write_results
+from service.warm_start import WARM_START_ATTR, project_params
+from tunefleet.spec import StudySpec
 from workers.transfer import TrialPruned, run_trial
 
 THRESHOLDS = (0.95, 0.99)
+ARMS = ("random_nopruning", "tpe_hyperband", "tpe_hyperband_warm")
+TOP_K = 5
 SEARCH_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 3e-1, "log": True},
     "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
@@ -49,9 +61,19 @@ def suggest(trial: optuna.Trial) -> dict:
     return params
 
 
-def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list[dict]:
-    """One study; per trial its state, accuracy (None when pruned) and seconds."""
-    if arm == "tpe_hyperband":
+def run_study(
+    arm: str,
+    seed: int,
+    trials: int,
+    epochs: int,
+    dirs: Path,
+    *,
+    dataset: str,
+    warm: list[tuple[dict, str]] = (),
+) -> list[dict]:
+    """One study; per trial its state, accuracy (None when pruned), seconds, params and,
+    for an enqueued one, where it came from. `warm` (params, origin) run first."""
+    if arm.startswith("tpe_hyperband"):
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=epochs, reduction_factor=3
@@ -60,6 +82,8 @@ def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list
         sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    for params, origin in warm:
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: origin})
     log: list[dict] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -77,7 +101,9 @@ def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list
             search_space=SEARCH_SPACE,
             budget={"epochs": epochs},
             seed=1000 * seed,  # training seed: this + trial number
+            dataset=dataset,
         )
+        origin = trial.user_attrs.get(WARM_START_ATTR)
         started = time.perf_counter()
         try:
             result = run_trial(
@@ -94,6 +120,8 @@ def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list
                     "accuracy": None,
                     "seconds": time.perf_counter() - started,
                     "epochs": epochs_ran,
+                    "params": trial.params,
+                    "warm_start_from": origin,
                 }
             )
             raise optuna.TrialPruned() from None
@@ -104,6 +132,8 @@ def run_study(arm: str, seed: int, trials: int, epochs: int, dirs: Path) -> list
                 "accuracy": accuracy,
                 "seconds": time.perf_counter() - started,
                 "epochs": epochs_ran,
+                "params": trial.params,
+                "warm_start_from": origin,
             }
         )
         return accuracy
@@ -122,25 +152,96 @@ def cost_to_reach(log: list[dict], target: float) -> dict:
     return {"reached": False, "trials": len(log), "seconds": seconds}
 
 
+def warm_configurations(prior: list[dict], *, name: str, top_k: int = TOP_K) -> list:
+    """The prior study's best completed configurations, projected and deduplicated as the
+    service's warm start does: (params, "study/number"), best first."""
+    spec = StudySpec.model_validate(engine_assignment({}, search_space=SEARCH_SPACE)["spec"])
+    done = [(e["accuracy"], n, e["params"]) for n, e in enumerate(prior) if e["accuracy"]]
+    out: list[tuple[dict, str]] = []
+    seen: set[tuple] = set()
+    for _, number, params in sorted(done, key=lambda d: -d[0]):
+        projected = project_params(params, spec=spec)
+        key = tuple(sorted(projected.items()))
+        if projected and key not in seen:
+            seen.add(key)
+            out.append((projected, f"{name}/{number}"))
+        if len(out) == top_k:
+            break
+    return out
+
+
+def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
+    per_threshold = {}
+    for threshold in THRESHOLDS:
+        target = threshold * best
+        arms_out = {}
+        for arm, logs in runs.items():
+            costs = [cost_to_reach(log, target) for log in logs]
+            arms_out[arm] = {
+                "reached": sum(c["reached"] for c in costs),
+                "runs": len(costs),
+                "median_trials": statistics.median(c["trials"] for c in costs),
+                "median_seconds": statistics.median(c["seconds"] for c in costs),
+                "per_run": costs,
+            }
+        rnd, cold = arms_out["random_nopruning"], arms_out["tpe_hyperband"]
+        warm = arms_out["tpe_hyperband_warm"]
+        per_threshold[str(threshold)] = {
+            "target_accuracy": target,
+            "arms": arms_out,
+            "ratio_seconds_tpe_over_random": ratio(cold["median_seconds"], rnd["median_seconds"]),
+            "ratio_seconds_warm_over_cold": ratio(warm["median_seconds"], cold["median_seconds"]),
+            "ratio_trials_tpe_over_random": ratio(cold["median_trials"], rnd["median_trials"]),
+            "ratio_trials_warm_over_cold": ratio(warm["median_trials"], cold["median_trials"]),
+        }
+    return per_threshold
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=None, help="runs per arm (default 5)")
     p.add_argument("--trials", type=int, default=None, help="trials per run")
     p.add_argument("--epochs", type=int, default=None, help="epochs of a full trial")
+    p.add_argument("--dataset", default="builtin:digits-shifted", help="the task searched")
+    p.add_argument(
+        "--warm-from",
+        default="builtin:digits-shifted-s1",
+        help="the related variant the warm-started arm's prior study searched",
+    )
     args = p.parse_args()
     apply_threads(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = args.seeds or (2 if args.tiny else 5)
-    trials = args.trials or (2 if args.tiny else 30)
-    epochs = args.epochs or (1 if args.tiny else 6)
-    arms = ("tpe_hyperband", "random_nopruning")
+    trials = args.trials or (3 if args.tiny else 30)
+    epochs = args.epochs or (1 if args.tiny else 8)
 
-    runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
+    runs: dict[str, list[list[dict]]] = {arm: [] for arm in ARMS}
+    priors: list[list[dict]] = []
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tf-bench-search-") as tmp:
-        run_study("random_nopruning", 0, 1, 1, Path(tmp))  # warm-up: pretrain, load the data
+        dirs = Path(tmp)
+        for dataset in (args.dataset, args.warm_from):  # warm-up: pretrain, load the data
+            run_study("random_nopruning", 0, 1, 1, dirs, dataset=dataset)
         for seed in range(seeds):
-            for arm in arms:  # interleaved, so that the machine's load hits both alike
-                runs[arm].append(run_study(arm, seed, trials, epochs, Path(tmp)))
+            # The past study on the related variant (another seed, so not a copy of the cold run).
+            prior = run_study(
+                "tpe_hyperband", 100 + seed, trials, epochs, dirs, dataset=args.warm_from
+            )
+            priors.append(prior)
+            warm = warm_configurations(prior, name=f"prior-{seed}")
+            for arm in ARMS:  # interleaved, so that the machine's load hits all alike
+                runs[arm].append(
+                    run_study(
+                        arm,
+                        seed,
+                        trials,
+                        epochs,
+                        dirs,
+                        dataset=args.dataset,
+                        warm=warm if arm == "tpe_hyperband_warm" else (),
+                    )
+                )
+    wall = time.perf_counter() - started
 
     best = max(
         e["accuracy"]
@@ -149,26 +250,16 @@ def main() -> None:
         for e in log
         if e["accuracy"] is not None
     )
-    per_threshold = {}
-    for threshold in THRESHOLDS:
-        target = threshold * best
-        arms_out = {}
-        for arm in arms:
-            costs = [cost_to_reach(log, target) for log in runs[arm]]
-            arms_out[arm] = {
-                "reached": sum(c["reached"] for c in costs),
-                "runs": len(costs),
-                "median_trials": statistics.median(c["trials"] for c in costs),
-                "median_seconds": statistics.median(c["seconds"] for c in costs),
-                "per_run": costs,
-            }
-        tpe, rnd = arms_out["tpe_hyperband"], arms_out["random_nopruning"]
-        per_threshold[str(threshold)] = {
-            "target_accuracy": target,
-            "arms": arms_out,
-            "ratio_trials_random_over_tpe": ratio(rnd["median_trials"], tpe["median_trials"]),
-            "ratio_seconds_random_over_tpe": ratio(rnd["median_seconds"], tpe["median_seconds"]),
-        }
+    random_accuracies = [
+        e["accuracy"] for log in runs["random_nopruning"] for e in log if e["accuracy"] is not None
+    ]
+    discrimination = {
+        "random_median_accuracy": statistics.median(random_accuracies),
+        "best_accuracy_any_run": best,
+        "ratio": statistics.median(random_accuracies) / best,
+        "target": "<= 0.80",
+    }
+    per_threshold = threshold_costs(runs, best)
     summary_arms = {
         arm: {
             "best_accuracy": statistics.median(
@@ -180,10 +271,13 @@ def main() -> None:
             "pruned_fraction": sum(e["state"] == "PRUNED" for log in runs[arm] for e in log)
             / sum(len(log) for log in runs[arm]),
         }
-        for arm in arms
+        for arm in ARMS
     }
     results = {
         "config": {
+            "dataset": args.dataset,
+            "warm_from": args.warm_from,
+            "top_k": TOP_K,
             "seeds": seeds,
             "trials_per_run": trials,
             "epochs": epochs,
@@ -193,15 +287,19 @@ def main() -> None:
             "hyperband": f"HyperbandPruner(min_resource=1, max_resource={epochs}, "
             "reduction_factor=3)",
         },
+        "wall_seconds": wall,
         "best_accuracy_any_run": best,
+        "discrimination": discrimination,
         "thresholds": per_threshold,
         "arms": summary_arms,
+        "prior_seconds_median": statistics.median(sum(e["seconds"] for e in log) for log in priors),
         "trials": runs,
+        "priors": priors,
     }
     write_results("search_quality", results, args)
     rows = []
     for threshold, out in per_threshold.items():
-        for arm in arms:
+        for arm in ARMS:
             a = out["arms"][arm]
             rows.append(
                 [
@@ -215,14 +313,20 @@ def main() -> None:
     print(table(["target", "arm", "reached", "median trials", "median train s"], rows))
     for threshold, out in per_threshold.items():
         print(
-            f"{float(threshold):.0%}: random/TPE trials {out['ratio_trials_random_over_tpe']:.2f}x,"
-            f" train time {out['ratio_seconds_random_over_tpe']:.2f}x"
+            f"{float(threshold):.0%}: TPE+HB/random train time "
+            f"{out['ratio_seconds_tpe_over_random']:.2f}x (target <= 0.35), warm/cold "
+            f"{out['ratio_seconds_warm_over_cold']:.2f}x (target <= 0.30)"
         )
-    for arm, s in summary_arms.items():
+    for arm, summary in summary_arms.items():
         print(
-            f"{arm}: median best {s['best_accuracy']:.3f}, median run "
-            f"{s['total_seconds_median']:.1f} s, pruned {s['pruned_fraction']:.0%}"
+            f"{arm}: median best {summary['best_accuracy']:.3f}, median run "
+            f"{summary['total_seconds_median']:.1f} s, pruned {summary['pruned_fraction']:.0%}"
         )
+    print(
+        f"discrimination: random's median {discrimination['random_median_accuracy']:.3f} / "
+        f"best {best:.3f} = {discrimination['ratio']:.2f} (target <= 0.80); "
+        f"wall {wall:.0f} s"
+    )
 
 
 if __name__ == "__main__":

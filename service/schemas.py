@@ -58,6 +58,12 @@ class TrialPublic(_Out):
     last_step: int | None = Field(description="Last epoch with an intermediate value.")
     artifact: str | None = Field(description="Where the best checkpoint is kept.")
     lease: LeasePublic | None = Field(None, description="The worker holding it, if leased.")
+    warm_start_from: str | None = Field(
+        None,
+        description="For a trial the study's warm start enqueued: the past trial it repeats, "
+        "as study/number.",
+        examples=["digits-shifted-s1/17"],
+    )
 
 
 class TrialDetail(TrialPublic):

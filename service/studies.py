@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import optuna_store
+from service import optuna_store, warm_start
 from service.auth import Principal
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
@@ -107,6 +107,7 @@ def create_study(
     check_server_support(spec)
     if settings is not None:
         check_spec_paths(spec, owner=owner, settings=settings)
+    sources = warm_start.resolve_sources(session, storage, owner=owner, spec=spec)
     # Our row is committed before Optuna writes and completed after, so no
     # transaction of ours holds a write lock while Optuna's engine writes
     # (SQLite, the demo's database, has a single writer). Until its Optuna study
@@ -131,6 +132,10 @@ def create_study(
     try:
         record.optuna_study_id = optuna_store.create_optuna_study(
             storage, name=record.optuna_study_name, spec=spec, study_key=record.id
+        )
+        # Enqueued while the study is paused, so that the first leases take them.
+        warm_start.enqueue_warm_start(
+            storage, sources=sources, spec=spec, optuna_study_id=record.optuna_study_id
         )
     except Exception:
         session.rollback()

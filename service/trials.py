@@ -16,6 +16,7 @@ from service.errors import Conflict, InvalidSpec
 from service.models import Lease, StudyRecord, StudyState
 from service.schemas import LeasePublic, TrialDetail, TrialPublic, TrialsPublic, TrialStateName
 from service.trial_lifecycle import ATTR_ARTIFACT, ATTR_FAIL_DETAIL, ATTR_FAIL_REASON
+from service.warm_start import WARM_START_ATTR
 from tunefleet.spec import SpecError, StudySpec, validate_params
 
 __all__ = ["enqueue_trial", "list_trials", "show_trial", "trial_detail", "trial_public"]
@@ -139,6 +140,7 @@ def _common(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> dict
     if trial.datetime_start is not None and trial.datetime_complete is not None:
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
     artifact = trial.user_attrs.get(ATTR_ARTIFACT)
+    origin = trial.user_attrs.get(WARM_START_ATTR)
     return {
         "trial_id": trial_id_of(trial),
         "number": trial.number,
@@ -151,6 +153,7 @@ def _common(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> dict
         "last_step": trial.last_step,
         "artifact": str(artifact) if artifact is not None else None,
         "lease": LeasePublic.model_validate(lease) if lease is not None else None,
+        "warm_start_from": str(origin) if origin is not None else None,
     }
 
 

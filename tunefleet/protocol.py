@@ -24,6 +24,7 @@ from tunefleet.spec import StudySpec
 
 __all__ = [
     "API_PREFIX",
+    "DATASET_FINGERPRINT_ATTR",
     "LEASE_SECRET_HEADER",
     "MAX_BATCH_LEASE",
     "WORKER_INTERRUPTED",
@@ -44,6 +45,9 @@ __all__ = [
 API_PREFIX = "/api/v1"
 # The header every call on a leased trial carries: the assignment's lease_secret.
 LEASE_SECRET_HEADER = "X-Lease-Secret"
+# The attribute of a completion that carries the sha256 of the dataset's content (every
+# split's images and labels); warm_start: auto matches past studies by it.
+DATASET_FINGERPRINT_ATTR = "dataset_fingerprint"
 
 # The reason a worker gives when it lets go of a trial it did not finish
 # (second signal, or the service told it to stop); the service re-queues it.

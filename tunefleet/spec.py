@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
@@ -100,6 +101,7 @@ __all__ = [
     "StudySpec",
     "SuccessiveHalvingPruner",
     "TPESampler",
+    "WarmStart",
     "clean_loc",
     "field_path",
     "grid_size",
@@ -196,7 +198,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 }
 """Metrics a trial reports, with the direction used when an objective names none."""
 
-BUILTIN_DATASETS = ("digits-5to9",)
+BUILTIN_DATASETS = ("digits-5to9", "digits-shifted", "digits-shifted-s1")
 Corruption = Literal["blur", "contrast", "brightness", "pixelate", "shot_noise"]
 CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
 """Common corruptions of the robustness suite; the engine implements exactly these."""
@@ -325,6 +327,50 @@ class Budget(SpecModel):
         return min(10, self.max_trials)
 
 
+StudyRef = Annotated[str, Field(pattern=NAME_PATTERN)] | Annotated[int, Field(ge=1)]
+
+
+class WarmStart(SpecModel):
+    """Past studies whose best configurations run first in a new study."""
+
+    studies: Literal["auto"] | list[StudyRef] = Field(
+        description="Study names or ids of your own studies, or `auto`: your past studies with "
+        "the same source model and the same dataset fingerprint, newest first.",
+        examples=[["digits-shifted-s1"], "auto"],
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="How many of their best completed configurations to enqueue (by this "
+        "study's first objective; the Pareto front for several objectives).",
+    )
+
+    @field_validator("studies", mode="before")
+    @classmethod
+    def _check_studies(cls, studies: Any) -> Any:
+        # Checked here so that a mistake reads as one message, not one per union member.
+        if isinstance(studies, str):
+            if studies != "auto":
+                raise custom_error(
+                    f"{show_value(studies)}: use auto or a list of study names or ids"
+                )
+            return studies
+        if not isinstance(studies, list) or not 1 <= len(studies) <= 20:
+            raise custom_error("use auto or a list of 1 to 20 study names or ids")
+        for i, ref in enumerate(studies):
+            is_id = isinstance(ref, int) and not isinstance(ref, bool) and ref >= 1
+            is_name = isinstance(ref, str) and re.match(NAME_PATTERN, ref) is not None
+            if not (is_id or is_name):
+                raise custom_error(
+                    f"item {i} ({show_value(ref)}) is neither a study name (lowercase letters, "
+                    "digits and '-') nor a study id (a positive integer)"
+                )
+        if len(set(map(str, studies))) != len(studies):
+            raise custom_error("a study is named twice")
+        return studies
+
+
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """PyYAML's error in one line: what is wrong, and where (1-based line and column)."""
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
@@ -421,6 +467,11 @@ class StudySpec(SpecModel):
     priority: int = Field(0, ge=0, le=100, description="Higher gets a larger share of the workers.")
     seed: int = Field(
         0, ge=0, le=2**31 - 1, description="Training seed base; a trial uses seed + its number."
+    )
+    warm_start: WarmStart | None = Field(
+        None,
+        description="Enqueue the best configurations of past studies first, projected onto "
+        "this search space.",
     )
 
     # -- field checks ---------------------------------------------------------

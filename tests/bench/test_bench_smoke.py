@@ -81,11 +81,18 @@ def test_trial_cost_reports_overhead_and_cache_speedup(tmp_path: Path) -> None:
 def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> None:
     body = run_benchmark(module("search_quality"), tmp_path)
     assert 0 < body["best_accuracy_any_run"] <= 1
+    assert body["config"]["dataset"] == "builtin:digits-shifted"
+    assert set(body["arms"]) == {"random_nopruning", "tpe_hyperband", "tpe_hyperband_warm"}
     for out in body["thresholds"].values():
         for arm in out["arms"].values():
             assert arm["runs"] == body["config"]["seeds"]
             assert positive(arm["median_trials"]) and positive(arm["median_seconds"])
-        assert positive(out["ratio_trials_random_over_tpe"])
+        assert positive(out["ratio_seconds_tpe_over_random"])
+        assert positive(out["ratio_seconds_warm_over_cold"])
+    assert 0 < body["discrimination"]["ratio"] <= 1
+    # The warm-started runs begin with the prior study's best, marked with their origin.
+    for log in body["trials"]["tpe_hyperband_warm"]:
+        assert log[0]["warm_start_from"].startswith("prior-")
 
 
 def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:

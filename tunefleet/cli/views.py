@@ -89,9 +89,16 @@ def trials_table(study: dict, trials: list[dict]) -> Table:
     for metric in metrics:
         table.add_column(metric, justify="right")
     table.add_column("params", overflow="fold")
+    # Shown when the study was warm-started: which past trial each enqueued one repeats.
+    origins = any(trial.get("warm_start_from") for trial in trials)
+    if origins:
+        table.add_column("warm_start_from")
     for trial in trials:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.get("params", {}).items()))
-        table.add_row(str(trial["number"]), trial["state"], *_values(trial, metrics), params)
+        origin = [trial.get("warm_start_from") or ""] if origins else []
+        table.add_row(
+            str(trial["number"]), trial["state"], *_values(trial, metrics), params, *origin
+        )
     return table
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from tunefleet.protocol import Assignment
+from tunefleet.protocol import DATASET_FINGERPRINT_ATTR, Assignment
 from tunefleet.spec import Compression, SpecError, StudySpec
 from workers.transfer.access import FileAccess
 from workers.transfer.compress import compress, count_params, latency_ms, size_mb
@@ -269,6 +269,7 @@ def _fit_attrs(fit: FitResult, source: SourceModel, data: Dataset, model: Transf
         "unfrozen_stages": model.unfrozen_stages,
         "num_classes": data.num_classes,
         "train_size": len(data.train),
+        DATASET_FINGERPRINT_ATTR: data.content_hash,
     }
 
 

@@ -1,0 +1,267 @@
+"""Warm start: a new study first runs the best configurations of past studies.
+
+At creation, `resolve_sources` finds the past studies a spec's `warm_start`
+names (only the owner's own; a missing one is an invalid spec, so that the
+answer never tells whether another owner has a study of that name), and
+`enqueue_warm_start` ranks their completed trials by the new study's
+objectives, projects the best onto the new search space and enqueues them,
+each marked with where it came from (`warm_start_from: study/number`).
+
+`auto` picks the owner's past studies with the same source model whose
+dataset has the fingerprint last reported for the new study's dataset: the
+worker reports the sha256 of a dataset's content with every trial it
+completes, so two URIs of the same data match and a folder whose files
+changed does not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session
+
+from service import optuna_store
+from service.errors import InvalidSpec
+from service.models import StudyRecord
+from tunefleet.protocol import DATASET_FINGERPRINT_ATTR
+from tunefleet.spec import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SpecError,
+    StudySpec,
+    validate_params,
+)
+
+__all__ = [
+    "WARM_START_ATTR",
+    "WarmStartTrial",
+    "auto_sources",
+    "best_configurations",
+    "dataset_fingerprint",
+    "enqueue_warm_start",
+    "project_params",
+    "resolve_sources",
+]
+
+WARM_START_ATTR = "warm_start_from"
+"""The user attribute of an enqueued trial that names its origin, `study/number`."""
+AUTO_MAX_STUDIES = 20  # the newest matching studies `auto` reads
+TRIALS_READ_PER_STUDY = 2000  # completed trials read from one source study, best first
+
+
+@dataclass(frozen=True)
+class WarmStartTrial:
+    params: dict[str, Any]
+    origin: str  # study/number
+
+
+def resolve_sources(
+    session: Session, storage: BaseStorage, *, owner: str, spec: StudySpec
+) -> list[StudyRecord]:
+    """The studies `spec.warm_start` names, in order; InvalidSpec (422) for a missing one."""
+    warm = spec.warm_start
+    if warm is None:
+        return []
+    if warm.studies == "auto":
+        return auto_sources(session, storage, owner=owner, spec=spec)
+    found: list[StudyRecord] = []
+    for i, ref in enumerate(warm.studies):
+        where = StudyRecord.id == ref if isinstance(ref, int) else StudyRecord.name == ref
+        record = session.scalars(
+            sa.select(StudyRecord).where(StudyRecord.owner == owner, where)
+        ).first()
+        if record is None or record.optuna_study_id is None:
+            kind = "id" if isinstance(ref, int) else "name"
+            raise InvalidSpec(
+                f"warm_start.studies[{i}]: you have no study with {kind} {ref!r}; name one of "
+                "your studies (tunefleet studies list) or use auto",
+                path=["warm_start", "studies", str(i)],
+            )
+        found.append(record)
+    return found
+
+
+def dataset_fingerprint(storage: BaseStorage, *, record: StudyRecord) -> str | None:
+    """The dataset fingerprint the workers reported for a study (its newest completed
+    trial's), or None before one completes."""
+    if record.optuna_study_id is None:
+        return None
+    page = optuna_store.list_trials(
+        storage,
+        optuna_study_id=record.optuna_study_id,
+        states=[TrialState.COMPLETE],
+        descending=True,
+        limit=1,
+    )
+    if not page.trials:
+        return None
+    value = page.trials[0].user_attrs.get(DATASET_FINGERPRINT_ATTR)
+    return value if isinstance(value, str) else None
+
+
+def auto_sources(
+    session: Session, storage: BaseStorage, *, owner: str, spec: StudySpec
+) -> list[StudyRecord]:
+    """The owner's past studies with the same source model and dataset fingerprint,
+    newest first; none when no study has reported a fingerprint for this dataset."""
+    rows = session.scalars(
+        sa.select(StudyRecord)
+        .where(StudyRecord.owner == owner, StudyRecord.optuna_study_id.is_not(None))
+        .order_by(StudyRecord.id.desc())
+    ).all()
+    fingerprints: dict[int, str | None] = {}
+
+    def fingerprint(record: StudyRecord) -> str | None:
+        if record.id not in fingerprints:
+            fingerprints[record.id] = dataset_fingerprint(storage, record=record)
+        return fingerprints[record.id]
+
+    target = next(
+        (
+            fp
+            for r in rows
+            if r.spec.get("dataset") == spec.dataset and (fp := fingerprint(r)) is not None
+        ),
+        None,
+    )
+    if target is None:
+        return []
+    same_source = [
+        r
+        for r in rows
+        if r.spec.get("source_model") == spec.source_model
+        and r.spec.get("source_weights") == spec.source_weights
+    ]
+    return [r for r in same_source if fingerprint(r) == target][:AUTO_MAX_STUDIES]
+
+
+def enqueue_warm_start(
+    storage: BaseStorage, *, sources: list[StudyRecord], spec: StudySpec, optuna_study_id: int
+) -> list[WarmStartTrial]:
+    """Enqueue the best `top_k` configurations of `sources`, projected onto `spec`."""
+    if spec.warm_start is None or not sources:
+        return []
+    chosen = best_configurations(storage, sources=sources, spec=spec)
+    for trial in chosen:
+        optuna_store.enqueue_trial(
+            storage,
+            optuna_study_id=optuna_study_id,
+            params=trial.params,
+            user_attrs={WARM_START_ATTR: trial.origin},
+        )
+    return chosen
+
+
+def best_configurations(
+    storage: BaseStorage, *, sources: list[StudyRecord], spec: StudySpec
+) -> list[WarmStartTrial]:
+    """The best `top_k` distinct projected configurations, best first."""
+    assert spec.warm_start is not None
+    scored: list[tuple[tuple[float, ...], str, dict[str, Any]]] = []
+    for record in sources:
+        for trial in _completed(storage, record=record):
+            scores = _scores(trial, record=record, spec=spec)
+            if scores is not None:
+                scored.append((scores, f"{record.name}/{trial.number}", trial.params))
+    ranked = _rank(scored, several=len(spec.objectives) > 1)
+    out: list[WarmStartTrial] = []
+    seen: set[tuple] = set()
+    for _, origin, params in ranked:
+        projected = project_params(params, spec=spec)
+        key = tuple(sorted(projected.items()))
+        if not projected or key in seen:
+            continue
+        seen.add(key)
+        out.append(WarmStartTrial(params=projected, origin=origin))
+        if len(out) == spec.warm_start.top_k:
+            break
+    return out
+
+
+def _completed(storage: BaseStorage, *, record: StudyRecord) -> list[FrozenTrial]:
+    assert record.optuna_study_id is not None
+    source = StudySpec.model_validate(record.spec)
+    # Best first when the source optimised one objective, so that a long study's best are read.
+    order_by = 0 if len(source.objectives) == 1 else None
+    page = optuna_store.list_trials(
+        storage,
+        optuna_study_id=record.optuna_study_id,
+        states=[TrialState.COMPLETE],
+        order_by=order_by,
+        descending=order_by is not None and source.objectives[0].direction == "maximize",
+        limit=TRIALS_READ_PER_STUDY,
+    )
+    return page.trials
+
+
+def _scores(
+    trial: FrozenTrial, *, record: StudyRecord, spec: StudySpec
+) -> tuple[float, ...] | None:
+    """The trial's values of the new study's objectives, each as `higher is better`;
+    None when it lacks one (a metric its study neither optimised nor recorded)."""
+    metrics = [o["metric"] for o in record.spec.get("objectives", [])]
+    scores = []
+    for objective in spec.objectives:
+        if objective.metric in metrics and trial.values is not None:
+            value = trial.values[metrics.index(objective.metric)]
+        else:
+            value = trial.user_attrs.get(objective.metric)  # measured, not optimised
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        scores.append(float(value) if objective.direction == "maximize" else -float(value))
+    return tuple(scores)
+
+
+def _rank(scored: list, *, several: bool) -> list:
+    """By the first objective; with several objectives, the Pareto front first."""
+    by_first = sorted(scored, key=lambda s: s[0][0], reverse=True)
+    if not several:
+        return by_first
+
+    def dominated(a: tuple[float, ...]) -> bool:
+        return any(all(x >= y for x, y in zip(b, a, strict=True)) and b != a for b, _, _ in scored)
+
+    front = [s for s in by_first if not dominated(s[0])]
+    return front
+
+
+def project_params(params: dict[str, Any], *, spec: StudySpec) -> dict[str, Any]:
+    """Parameters onto `spec`'s search space: unknown names and categorical values it
+    lacks dropped, numbers clipped into range and onto the step."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        dist = spec.search_space.get(name)
+        if dist is None:
+            continue
+        if isinstance(dist, CategoricalParam):
+            matches = [
+                c
+                for c in dist.choices
+                if c == value and isinstance(c, bool) == isinstance(value, bool)
+            ]
+            if matches:
+                out[name] = matches[0]
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        out[name] = _clip(dist, value)
+    try:
+        return validate_params(spec, out)
+    except SpecError:  # a value the rounding could not place: leave it to the sampler
+        return {}
+
+
+def _clip(dist: FloatParam | IntParam, value: float) -> float | int:
+    value = min(max(value, dist.low), dist.high)
+    if dist.step is not None:
+        steps = math.floor((dist.high - dist.low) / dist.step + 1e-9)
+        value = dist.low + min(steps, max(0, round((value - dist.low) / dist.step))) * dist.step
+    if isinstance(dist, IntParam):
+        return round(value)
+    return float(value)
