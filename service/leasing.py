@@ -1,17 +1,10 @@
 """The worker protocol's five calls: lease a trial, heartbeat, report an
 intermediate value, complete, fail.
 
-Fair share (service/fair_share.py): between owners first, then between an
-owner's studies by priority.
-
-Holder: a lease is bound to the token that took it and to a lease secret
-returned with the assignment (service/lease_holder.py); every call on the
-trial needs both, else 404. Asking again with the same worker_id gives the
-lease back only to the same token, with a new secret.
-
-Warm backbones: a worker says which source models it holds loaded; among an
-owner's studies at the same load, one using such a backbone goes first
-(service/fair_share.py).
+Which study: service/fair_share.py (owners first, then an owner's studies by
+priority; a backbone the worker holds breaks ties). Who: a lease is bound to the
+token that took it and to a secret returned with the assignment
+(service/lease_holder.py); every later call needs both, else 404.
 
 Atomicity: the budget check and the ask run while this process holds the
 study's lock and the database holds the study's row lock (``SELECT ... FOR

@@ -31,6 +31,7 @@ from service.schemas import (
 from service.search import check_server_support
 from service.study_cache import forget_loaded_study
 from service.trials import trial_public
+from tunefleet._spec_sources import WEIGHT_SUFFIXES, weights_for
 from tunefleet.roots import PathNotAllowed, resolve_under_roots
 from tunefleet.spec import StudySpec
 
@@ -72,22 +73,25 @@ def check_spec_paths(spec: StudySpec, *, owner: str, settings: Settings) -> None
     InvalidSpec (422) names the field and what the user wrote; it never says
     whether the path exists (the API may not even see the workers' disks).
     """
-    model_scheme, _, model_rest = spec.source_model.partition(":")
     data_scheme, _, data_rest = spec.dataset.partition(":")
-    checks = [
-        (["dataset"], data_rest, settings.data_roots, "TUNEFLEET_DATA_ROOTS")
-        if data_scheme == "imagefolder"
-        else None,
-        (["source_model"], model_rest, settings.model_roots, "TUNEFLEET_MODEL_ROOTS")
-        if model_scheme == "file"
-        else None,
-        (["source_weights"], spec.source_weights, settings.model_roots, "TUNEFLEET_MODEL_ROOTS")
-        if spec.source_weights is not None
-        else None,
-    ]
+    checks: list[tuple[list[str | int], str, list[str], str]] = []
+    if data_scheme == "imagefolder":
+        checks.append((["dataset"], data_rest, settings.data_roots, "TUNEFLEET_DATA_ROOTS"))
+    # Every source model a trial may use (one, or the searched choices), and the weights
+    # file of each; library weights (`pretrained`, a weights name) are not paths.
+    for uri in spec.source_models():
+        scheme, _, rest = uri.partition(":")
+        if scheme == "file":
+            checks.append((["source_model"], rest, settings.model_roots, "TUNEFLEET_MODEL_ROOTS"))
+        weights = weights_for(spec.source_weights, uri)
+        if weights is not None and weights.endswith(WEIGHT_SUFFIXES):
+            where: list[str | int] = ["source_weights"]
+            if isinstance(spec.source_weights, dict):
+                where.append(uri)
+            checks.append((where, weights, settings.model_roots, "TUNEFLEET_MODEL_ROOTS"))
     for path, written, roots, setting in filter(None, checks):
         try:
-            resolve_under_roots(written, roots, owner=owner, field=path[0], setting=setting)
+            resolve_under_roots(written, roots, owner=owner, field=str(path[0]), setting=setting)
         except PathNotAllowed as error:
             raise InvalidSpec(str(error), path=path) from None
 

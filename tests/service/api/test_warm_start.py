@@ -149,7 +149,10 @@ def test_auto_takes_same_source_and_fingerprint_newest_first(live_api: LiveApi) 
     add_completed(live_api, newer, [(p(0.04), [0.8])], fp)
     # The same data under another source model: not a match.
     other_source = create_study(
-        client, dataset="builtin:digits-shifted-s1", source_model="file:/models/b.safetensors"
+        client,
+        dataset="builtin:digits-shifted-s1",
+        source_model="timm:resnet18",
+        source_weights="pretrained",
     )
     add_completed(live_api, other_source, [(p(0.05), [0.9])], fp)
 
@@ -172,7 +175,8 @@ def test_auto_ignores_another_source_model(live_api: LiveApi) -> None:
     past = create_study(
         client,
         dataset="builtin:digits-shifted",
-        source_model="file:/models/other.safetensors",
+        source_model="torchvision:resnet18",
+        source_weights="DEFAULT",
     )
     add_completed(live_api, past, [(p(0.02), [0.8])], fp)
     new = create_study(client, dataset="builtin:digits-shifted", warm_start={"studies": "auto"})
@@ -181,11 +185,9 @@ def test_auto_ignores_another_source_model(live_api: LiveApi) -> None:
 
 def test_auto_without_a_reported_fingerprint_enqueues_nothing(live_api: LiveApi) -> None:
     client = live_api.as_("alice")
-    past = create_study(client, dataset="imagefolder:/data/never-run")
+    past = create_study(client, dataset="builtin:digits-5to9")
     add_completed(live_api, past, [(p(0.02), [0.8])])  # no fingerprint attribute
-    new = create_study(
-        client, dataset="imagefolder:/data/never-run", warm_start={"studies": "auto"}
-    )
+    new = create_study(client, dataset="builtin:digits-5to9", warm_start={"studies": "auto"})
     assert new["trial_counts"]["waiting"] == 0
 
 
