@@ -25,6 +25,7 @@ import torch
 
 from bench.harness import apply_threads, engine_assignment, parser, ratio, table, write_results
 from workers.transfer import run_trial
+from workers.transfer.access import FileAccess
 from workers.transfer.features import FeatureCache
 
 FULL = [
@@ -96,6 +97,8 @@ def one_trial(
         cache_dir=dirs / "cache",
         artifact_dir=dirs / "artifacts",
         feature_cache=cache,
+        # The weights and the image folder lie in the benchmark's own folders.
+        access=FileAccess(data_roots=(str(data),), model_roots=(str(dirs),)),
     )
     seen = result.attrs["train_size"] * result.attrs["epochs_ran"]
     return {

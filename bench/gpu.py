@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from bench.harness import apply_threads, parser, ratio, table, write_results
+from workers.transfer.access import FileAccess
 from workers.transfer.data import Dataset, InputSpec, Split
 from workers.transfer.features import FeatureCache
 from workers.transfer.models import InputAdapter, TransferModel, build_head
@@ -78,7 +79,11 @@ def resnet18_source(tmp_dir: Path) -> SourceModel:
 
     path = tmp_dir / "resnet18-random.safetensors"
     save_weights(path, torchvision.models.resnet18(weights=None).state_dict(), {})
-    return load_source_model("torchvision:resnet18", weights=str(path), cache_dir=tmp_dir)
+    # The weights file lies in the benchmark's own folder: that is its one model root.
+    access = FileAccess(model_roots=(str(tmp_dir),))
+    return load_source_model(
+        "torchvision:resnet18", weights=str(path), cache_dir=tmp_dir, access=access
+    )
 
 
 def transfer_model(source: SourceModel, size: int) -> TransferModel:

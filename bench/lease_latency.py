@@ -85,6 +85,7 @@ def service_cycles(http, worker_id: str, samples: int) -> dict[str, list[float]]
         done = http.post(
             f"{API}/trials/{assignment['trial_id']}/complete",
             json={"values": {quadratic.METRIC: quadratic.objective(assignment["params"])}},
+            headers={"X-Lease-Secret": assignment["lease_secret"]},
         )
         t2 = time.perf_counter()
         if done.status_code != 200:

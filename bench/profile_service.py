@@ -163,6 +163,7 @@ def main() -> None:
             http.post(
                 f"/api/v1/trials/{trial['trial_id']}/complete",
                 json={"values": {quadratic.METRIC: quadratic.objective(trial["params"])}},
+                headers={"X-Lease-Secret": trial["lease_secret"]},
             )
         pid = service.pid
         spy = subprocess.Popen(

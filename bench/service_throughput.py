@@ -72,6 +72,7 @@ def http_worker(url: str, token: str, worker_id: str, ready, start) -> tuple:
                 done_answer = http.post(
                     f"{API}/trials/{assignment['trial_id']}/complete",
                     json={"values": {quadratic.METRIC: value}},
+                    headers={"X-Lease-Secret": assignment["lease_secret"]},
                 )
                 if done_answer.status_code == 200:
                     break
