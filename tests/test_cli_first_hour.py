@@ -149,8 +149,8 @@ def test_serve_names_the_option_the_url_came_from(pg_url, tmp_path):
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:0", "cuda:99"])
 def test_a_worker_with_a_bad_device_exits_2_in_one_line(device):
-    env = {"CUDA_VISIBLE_DEVICES": ""} if device == "cuda:0" else {}
-    result = cli("worker", "--token", "x", "--device", device, env=env)
+    env = {"TUNEFLEET_TOKEN": "x", **({"CUDA_VISIBLE_DEVICES": ""} if device == "cuda:0" else {})}
+    result = cli("worker", "--device", device, env=env)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "TUNEFLEET_DEVICE" in result.stderr and repr(device) in result.stderr

@@ -56,7 +56,13 @@ WORKER_INTERRUPTED = "worker interrupted"
 # The most trials one batched lease (POST /api/v1/leases/batch) hands out.
 MAX_BATCH_LEASE = 64
 
-_ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+-]+$")
+_ID = Field(
+    min_length=1,
+    max_length=200,
+    pattern=r"^[A-Za-z0-9._:@/+-]+$",
+    description="The worker's own id (host and device, say); asking again with it gives "
+    "back the trial it holds.",
+)
 
 
 class _Message(BaseModel):
@@ -67,7 +73,9 @@ class LeaseRequest(_Message):
     """Give me a trial of any running study."""
 
     worker_id: str = _ID
-    device: str = Field(default="cpu", min_length=1, max_length=64)
+    device: str = Field(
+        default="cpu", min_length=1, max_length=64, description="Where it runs: cpu, cuda:0, ..."
+    )
     warm_backbones: list[Annotated[str, Field(max_length=300)]] = Field(
         default_factory=list,
         max_length=64,

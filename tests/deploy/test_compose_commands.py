@@ -77,16 +77,22 @@ def test_compose_commands_migrate_serve_and_lease_with_the_shared_token(compose,
         assert check[0] == "CMD"
         assert subprocess.run(check[1:], env=env, timeout=30).returncode == 0
 
-        # worker: its command with the token from .env; the API's service name and
-        # the GPU become this machine's loopback and CPU.
+        # worker: its command, and its environment's token from .env; the API's service
+        # name and the GPU become this machine's loopback and CPU.
         worker_argv = ["tunefleet"] + [
             {"http://api:8000": f"http://127.0.0.1:{port}", "cuda:0": "cpu"}.get(w, w)
-            for w in (
-                _interpolate(w, {"TUNEFLEET_WORKER_TOKEN": worker_token})
-                for w in services["worker"]["command"]
-            )
+            for w in services["worker"]["command"]
         ]
-        worker_env = _env(cache_dir=tmp_path / "cache", artifact_dir=tmp_path / "artifacts")
+        assert worker_token not in " ".join(worker_argv)
+        token_env = _interpolate(
+            services["worker"]["environment"]["TUNEFLEET_TOKEN"],
+            {"TUNEFLEET_WORKER_TOKEN": worker_token},
+        )
+        assert token_env == worker_token
+        worker_env = {
+            **_env(cache_dir=tmp_path / "cache", artifact_dir=tmp_path / "artifacts"),
+            "TUNEFLEET_TOKEN": token_env,
+        }
         worker = subprocess.run(
             [*worker_argv, "--idle-exit", "2"],
             env=worker_env,
@@ -97,10 +103,9 @@ def test_compose_commands_migrate_serve_and_lease_with_the_shared_token(compose,
         assert worker.returncode == 0, worker.stdout + worker.stderr
 
         # The same worker with a token that migrate did not register is refused.
-        wrong = [w if w != worker_token else secrets.token_hex(32) for w in worker_argv]
         refused = subprocess.run(
-            [*wrong, "--idle-exit", "2"],
-            env=worker_env,
+            [*worker_argv, "--idle-exit", "2"],
+            env={**worker_env, "TUNEFLEET_TOKEN": secrets.token_hex(32)},
             capture_output=True,
             text=True,
             timeout=120,
