@@ -234,9 +234,11 @@ def fail_leased_trial(
     reason: str,
     requeue: bool = False,
     worker: dict[str, str] | None = None,
+    counts_as_retry: bool = True,
 ) -> tuple[FrozenTrial, FrozenTrial | None]:
     """Mark a running trial FAIL with the reason as a user attribute, and with
-    ``requeue`` queue a WAITING trial with its parameters first.
+    ``requeue`` queue a WAITING trial with its parameters first; without
+    ``counts_as_retry`` (a trial no worker ever ran) the copy keeps its retry count.
 
     Returns the trial and its retry. A trial already finished is left as it is
     (with the retry it named, if any): failing twice re-queues once.
@@ -247,7 +249,9 @@ def fail_leased_trial(
     retry = None
     user_attrs = {ATTR_FAIL_REASON: reason, **(worker or {})}
     if requeue:
-        retry = _queue_retry(storage, failed=trial, study_id=optuna_study_id)
+        retry = _queue_retry(
+            storage, failed=trial, study_id=optuna_study_id, counts_as_retry=counts_as_retry
+        )
         # Lineage both ways; a finished trial's attributes cannot change, so now.
         user_attrs[ATTR_RETRIED_AS] = retry.number
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -262,14 +266,16 @@ def _retry_of(storage: BaseStorage, trial: FrozenTrial, study_id: int) -> Frozen
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
-def _queue_retry(storage: BaseStorage, *, failed: FrozenTrial, study_id: int) -> FrozenTrial:
+def _queue_retry(
+    storage: BaseStorage, *, failed: FrozenTrial, study_id: int, counts_as_retry: bool = True
+) -> FrozenTrial:
     """A WAITING trial with the failed one's parameters and its lineage in user attrs."""
     template = create_trial(
         state=TrialState.WAITING,
         system_attrs={"fixed_params": dict(failed.params)},
         user_attrs={
             ATTR_RETRY_OF: failed.number,
-            ATTR_RETRY_COUNT: retry_count_of(failed) + 1,
+            ATTR_RETRY_COUNT: retry_count_of(failed) + int(counts_as_retry),
         },
     )
     return storage.get_trial(storage.create_new_trial(study_id, template_trial=template))
