@@ -10,13 +10,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import optuna
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from service.api import leases as lease_routes
 from service.errors import DatabaseUnavailable
-from tests.service.api.conftest import LiveApi, create_study
+from service.reaper import reap_stale_leases
+from service.search import distributions
+from tests.service.api.conftest import LiveApi, create_study, optuna_storage
+from tunefleet.spec import StudySpec
 
 WORKER = "gpu-node-1"
 
@@ -185,3 +189,47 @@ def test_a_lease_whose_answer_was_lost_is_given_again(
     assert _lease(live_api, "w-other").status_code == 204  # the budget's one trial is held
     _complete(live_api, again.json(), 0.7)
     assert _states(live_api, study) == {"COMPLETE": 1}
+
+
+def test_a_trial_started_outside_a_lease_is_reaped_after_one_grace_period_without_a_retry(
+    live_api: LiveApi,
+) -> None:
+    """A RUNNING trial with no lease (started by Optuna's own ask, which commits on
+    its own) is failed after one grace period and its parameters re-queued with the
+    same retry count: no worker ever ran it."""
+    study = create_study(live_api.as_("alice"), budget={"max_trials": 2, "max_retries": 1})
+    optuna_study = optuna.load_study(
+        study_name=study["optuna_study_name"], storage=optuna_storage(live_api)
+    )
+    ghost = optuna_study.ask(distributions(StudySpec.model_validate(study["spec"])))
+    settings = live_api.app.state.settings
+    reap = dict(engine=live_api.app.state.engine, storage=live_api.app.state.storage)
+
+    def backdate(seconds: float) -> None:
+        with sa.create_engine(live_api.database_url).begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE trials SET datetime_start = datetime_start - make_interval(secs => :s) "
+                    "WHERE trial_id = :id"
+                ),
+                {"s": seconds, "id": ghost._trial_id},
+            )
+
+    backdate(settings.grace_period_s / 2)
+    assert ghost._trial_id not in reap_stale_leases(settings=settings, **reap)
+    backdate(settings.grace_period_s / 2 + 1)
+    assert ghost._trial_id in reap_stale_leases(settings=settings, **reap)
+    assert _ghosts(live_api) == []
+    assert _states(live_api, study) == {"FAIL": 1, "WAITING": 1}
+    answer = _lease(live_api, "w-after-ghost")
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["params"] == ghost.params
+    copy = optuna_storage(live_api).get_trial(answer.json()["trial_id"])
+    assert copy.user_attrs["retry_of"] == ghost.number
+    assert copy.user_attrs["retry_count"] == 0  # a ghost does not spend a retry
+    _complete(live_api, answer.json(), 0.3)
+    answer = _lease(live_api, "w-after-ghost")
+    _complete(live_api, answer.json(), 0.4)
+    assert _states(live_api, study) == {"FAIL": 1, "COMPLETE": 2}
+    shown = live_api.as_("alice").get(f"/api/v1/studies/{study['id']}").json()
+    assert shown["state"] == "completed"
