@@ -9,7 +9,11 @@ import typer
 
 def worker(
     service: Annotated[
-        str | None, typer.Option(help="URL of the TuneFleet API [TUNEFLEET_SERVICE_URL].")
+        list[str] | None,
+        typer.Option(
+            help="URL of the TuneFleet API; several API processes (repeat the option, or "
+            "comma-separate) for failover [TUNEFLEET_SERVICE_URL, comma-separated]."
+        ),
     ] = None,
     token: Annotated[
         str | None, typer.Option(help="A worker-scope token [TUNEFLEET_TOKEN].")
@@ -45,7 +49,7 @@ def worker(
     from workers.loop import run_worker_command
 
     code = run_worker_command(
-        service_url=service,
+        service_url=",".join(service) if service else None,
         token=token,
         device=device,
         max_trials=max_trials,
