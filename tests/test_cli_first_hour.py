@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -49,7 +50,12 @@ def test_show_list_and_watch_of_a_failed_study_say_why(user):
     _create(api, "doomed", budget={"max_trials": 5, "epochs": 2, "max_failed_trials": 1})
     trial = workers.post("/leases", json={"worker_id": "w1", "device": "cpu"}).json()
     reason = "FileNotFoundError: [Errno 2] No such file: '/models/resnet18.pth'"
-    workers.post(f"/trials/{trial['trial_id']}/fail", json={"reason": reason, "requeue": False})
+    failed = workers.post(
+        f"/trials/{trial['trial_id']}/fail",
+        json={"reason": reason, "requeue": False},
+        headers={"X-Lease-Secret": trial["lease_secret"]},
+    )
+    assert failed.status_code == 200, failed.text
 
     show = cli("study", "show", "doomed", env=env)
     assert show.returncode == 0, show.stderr
@@ -84,11 +90,13 @@ def test_trials_are_listed_best_first_by_default(user):
     for value in (0.2, 0.9, 0.5):
         trial = workers.post("/leases", json={"worker_id": f"w{value}", "device": "cpu"}).json()
         done = workers.post(
-            f"/trials/{trial['trial_id']}/complete", json={"values": {"accuracy": value}}
+            f"/trials/{trial['trial_id']}/complete",
+            json={"values": {"accuracy": value}},
+            headers={"X-Lease-Secret": trial["lease_secret"]},
         )
         assert done.status_code == 200, done.text
     listed = cli("trials", "ranked", "--json", env=env)
-    values = [t["values"]["accuracy"] for t in __import__("json").loads(listed.stdout)["data"]]
+    values = [t["values"]["accuracy"] for t in json.loads(listed.stdout)["data"]]
     assert values == [0.9, 0.5, 0.2]
 
 

@@ -192,10 +192,18 @@ class FleetEnv:
         name: str = "",
         service_url: str | None = None,
         token: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> subprocess.Popen:
-        """A real `python -m workers` process running a test objective."""
+        """A real `python -m workers` process running a test objective (or, given as
+        module:function, any objective), its token in TUNEFLEET_TOKEN as in production."""
         name = name or f"worker-{len(self.workers)}"
-        env = subprocess_env(backoff_base_s=0.1, backoff_max_s=1, poll_interval_max_s=0.5)
+        env = subprocess_env(
+            backoff_base_s=0.1,
+            backoff_max_s=1,
+            poll_interval_max_s=0.5,
+            token=token or self.worker_token,
+            **(settings or {}),
+        )
         env["TF_TEST_EPOCH_S"] = str(epoch_s)
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
@@ -205,14 +213,12 @@ class FleetEnv:
                 "workers",
                 "--service",
                 service_url or self.api.url,
-                "--token",
-                token or self.worker_token,
                 "--worker-id",
                 name,
                 "--device",
                 "cpu",
                 "--objective",
-                f"tests.workers.objectives:{objective}",
+                objective if ":" in objective else f"tests.workers.objectives:{objective}",
                 *args,
             ],
             env=env,

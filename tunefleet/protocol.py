@@ -6,6 +6,7 @@ the assignment's ``lease_secret`` in the ``X-Lease-Secret`` header: without it
 (or with another one) the call is 404, as if the trial had no lease.
 
     POST /api/v1/leases                         LeaseRequest    -> 201 Assignment | 204
+    POST /api/v1/leases/batch                   BatchLeaseRequest -> 201 BatchAssignment | 204
     POST /api/v1/trials/{trial_id}/heartbeat    Heartbeat       -> HeartbeatAck
     POST /api/v1/trials/{trial_id}/intermediate IntermediateReport -> PruneDecision
     POST /api/v1/trials/{trial_id}/complete     TrialCompletion -> TrialOutcome
@@ -24,8 +25,11 @@ from tunefleet.spec import StudySpec
 __all__ = [
     "API_PREFIX",
     "LEASE_SECRET_HEADER",
+    "MAX_BATCH_LEASE",
     "WORKER_INTERRUPTED",
     "Assignment",
+    "BatchAssignment",
+    "BatchLeaseRequest",
     "Heartbeat",
     "HeartbeatAck",
     "IntermediateReport",
@@ -45,6 +49,9 @@ LEASE_SECRET_HEADER = "X-Lease-Secret"
 # (second signal, or the service told it to stop); the service re-queues it.
 WORKER_INTERRUPTED = "worker interrupted"
 
+# The most trials one batched lease (POST /api/v1/leases/batch) hands out.
+MAX_BATCH_LEASE = 64
+
 _ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+-]+$")
 
 
@@ -59,6 +66,17 @@ class LeaseRequest(_Message):
     device: str = Field(default="cpu", min_length=1, max_length=64)
 
 
+class BatchLeaseRequest(LeaseRequest):
+    """Give me up to `count` trials of one running study, each with its own lease."""
+
+    count: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_BATCH_LEASE,
+        description=f"How many trials at most (1-{MAX_BATCH_LEASE}); all of one study.",
+    )
+
+
 class Assignment(BaseModel):
     """A leased trial: what to train, with which parameters, until when."""
 
@@ -70,6 +88,11 @@ class Assignment(BaseModel):
         description="The study spec the trial belongs to; the worker validates it with the "
         "same model the API used, so both sides read the same defaults and bounds."
     )
+    owner: str | None = Field(
+        default=None,
+        description="The study's owner: a worker resolves `{owner}` in its data and model "
+        "roots with it.",
+    )
     lease_expires_at: datetime
     heartbeat_interval_s: float = Field(
         default=10.0, description="How often the service expects a heartbeat."
@@ -78,6 +101,14 @@ class Assignment(BaseModel):
         default="",
         description="Proof of holding this lease: send it in the X-Lease-Secret header of "
         "every call on the trial. Asking again with the same worker_id and token gets a new one.",
+    )
+
+
+class BatchAssignment(BaseModel):
+    """Trials of one study leased together; every later call stays per trial."""
+
+    assignments: list[Assignment] = Field(
+        description="One to `count` trials of the same study, each with its own lease secret."
     )
 
 
@@ -122,7 +153,17 @@ class TrialCompletion(_Message):
 
 
 class TrialFailure(_Message):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="What the study's owner sees: a short code and a message that names only "
+        "what the spec says.",
+    )
+    detail: str | None = Field(
+        default=None,
+        max_length=8000,
+        description="The full story (paths and names found on the worker); shown to admins only.",
+    )
     requeue: bool | None = Field(
         default=None,
         description="Run these parameters again (within the spec's max_retries). "

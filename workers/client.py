@@ -23,6 +23,7 @@ from tunefleet.http import ApiError as Rejected
 from tunefleet.protocol import (
     LEASE_SECRET_HEADER,
     Assignment,
+    BatchAssignment,
     HeartbeatAck,
     PruneDecision,
     TrialOutcome,
@@ -83,6 +84,22 @@ class ServiceClient:
         self.remember(assignment)
         return assignment
 
+    def lease_batch(
+        self, *, worker_id: str, device: str, count: int, abort: threading.Event | None = None
+    ) -> list[Assignment]:
+        """Up to `count` trials of one study, each with its own lease; [] when none."""
+        response = self._post(
+            "/leases/batch",
+            {"worker_id": worker_id, "device": device, "count": count},
+            abort=abort,
+        )
+        if response.status_code == 204:
+            return []
+        assignments = BatchAssignment.model_validate(response.json()).assignments
+        for assignment in assignments:
+            self.remember(assignment)
+        return assignments
+
     def remember(self, assignment: Assignment) -> None:
         """Keep the assignment's lease secret for the calls on its trial."""
         with self._secrets_lock:
@@ -127,8 +144,17 @@ class ServiceClient:
         response = self._post(f"/trials/{trial_id}/complete", body, trial_id=trial_id)
         return TrialOutcome.model_validate(response.json())
 
-    def fail(self, trial_id: int, *, reason: str, requeue: bool | None = None) -> TrialOutcome:
+    def fail(
+        self,
+        trial_id: int,
+        *,
+        reason: str,
+        requeue: bool | None = None,
+        detail: str | None = None,
+    ) -> TrialOutcome:
         body: dict[str, Any] = {"reason": reason[:2000] or "failed"}
+        if detail:
+            body["detail"] = detail[:8000]
         if requeue is not None:
             body["requeue"] = requeue
         response = self._post(f"/trials/{trial_id}/fail", body, trial_id=trial_id)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tunefleet.roots import parse_roots
 
 DEFAULT_OBJECTIVE = "workers.transfer:run_trial"
 
@@ -65,6 +68,9 @@ class WorkerSettings(BaseSettings):
         "database comma-separated (the worker fails over between them).",
     )
     token: str = Field(default="", description="Bearer token with the worker scope.")
+    token_file: Path | None = Field(
+        default=None, description="A file holding the token (read when token is empty)."
+    )
     device: str = Field(default="auto", description="cpu, cuda, cuda:N, or auto.")
     worker_id: str | None = Field(default=None, description="Default: hostname-pid-device.")
     cache_dir: Path = Field(
@@ -74,6 +80,21 @@ class WorkerSettings(BaseSettings):
     artifact_dir: Path = Field(
         default_factory=lambda: Path.home() / ".tunefleet" / "artifacts",
         description="Where trial checkpoints are written.",
+    )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `imagefolder:` datasets may lie under (comma-separated; "
+        "`{owner}` stands for the study's owner); the same as the API's.",
+    )
+    model_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `file:` models and `source_weights` may lie under.",
+    )
+    dataset_max_files: int = Field(
+        default=200_000, ge=1, description="Most directory entries walked for one dataset."
+    )
+    dataset_max_images: int = Field(
+        default=100_000, ge=1, description="Most images loaded for one dataset."
     )
     max_trials: int | None = Field(
         default=None, ge=1, description="Exit after this many trials (default: never)."
@@ -98,11 +119,23 @@ class WorkerSettings(BaseSettings):
     )
     backoff_max_s: float = Field(default=30.0, gt=0, description="Cap of the retry delay.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="One HTTP request.")
+    pack: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Trials leased at once (one study); head-only ones of the same head shape "
+        "train fused on the cached features.",
+    )
     objective: str = Field(
         default=DEFAULT_OBJECTIVE,
         description="module:function run for each trial, with run_trial's signature. "
         "Only tests change it.",
     )
+
+    @field_validator("data_roots", "model_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> list[str]:
+        return parse_roots(value)
 
     @field_validator("service_url")
     @classmethod

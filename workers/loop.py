@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from tunefleet.http import Backoff, Interrupted, Unreachable
-from tunefleet.protocol import WORKER_INTERRUPTED, Assignment
+from tunefleet.protocol import WORKER_INTERRUPTED, Assignment, TrialOutcome
 from workers.client import Rejected, ServiceClient
-from workers.config import WorkerSettings, device_problem
+from workers.config import DEFAULT_OBJECTIVE, WorkerSettings, device_problem
 
 __all__ = [
     "Objective",
@@ -40,6 +40,25 @@ log = logging.getLogger("tunefleet.worker")
 # run_trial(assignment, report, *, device, cache_dir, artifact_dir) -> TrialResult, where
 # assignment is the Assignment the lease returned, its spec a validated StudySpec.
 Objective = Callable[..., Any]
+# run_trials(assignments, reports, *, device, cache_dir, artifact_dir) -> one TrialResult
+# or exception per trial, in order (workers.transfer.fused.run_trials).
+PackObjective = Callable[..., list[Any]]
+PACK_OBJECTIVE = "workers.transfer.fused:run_trials"
+
+
+def _one_by_one(objective: Objective) -> PackObjective:
+    """A pack objective that runs each trial alone, in turn (objectives other than the engine)."""
+
+    def run_all(assignments, reports, **options) -> list[Any]:
+        outcomes: list[Any] = []
+        for assignment, report in zip(assignments, reports, strict=True):
+            try:
+                outcomes.append(objective(assignment, report, **options))
+            except (TrialAbandoned, Exception) as error:
+                outcomes.append(error)
+        return outcomes
+
+    return run_all
 
 
 class WorkerInterrupted(BaseException):
@@ -137,8 +156,13 @@ class Worker:
         poll_interval_max_s: float = 10.0,
         failure_backoff_after: int = 3,
         failure_backoff: Backoff | None = None,
+        pack: int = 1,
+        pack_objective: PackObjective | None = None,
     ) -> None:
         self.client = client
+        # Trials leased at once (POST /leases/batch) and run by pack_objective.
+        self.pack = pack
+        self.pack_objective = pack_objective or _one_by_one(objective)
         self.worker_id = worker_id
         self.device = device
         self.objective = objective
@@ -185,14 +209,12 @@ class Worker:
         polls = 0
         while not self.stop_requested.is_set() and not self.force_stop.is_set():
             try:
-                assignment = self.client.lease(
-                    worker_id=self.worker_id, device=self.device, abort=self.stop_requested
-                )
+                assignments = self._lease()
             except Interrupted:
                 break
             # A Rejected lease (bad token, bad worker id) would be refused again: it
             # propagates and the worker exits with the service's message.
-            if assignment is None:
+            if not assignments:
                 idle_s = time.monotonic() - idle_since
                 if self.idle_exit_s is not None and idle_s >= self.idle_exit_s:
                     log.info("no work for %.0fs: exiting", idle_s)
@@ -206,16 +228,33 @@ class Worker:
             polls = 0
             if self.stop_requested.is_set():
                 # Told to stop while the lease was on its way: hand it straight back.
-                self._let_go(_RunningTrial(assignment), WORKER_INTERRUPTED)
+                for assignment in assignments:
+                    self._let_go(_RunningTrial(assignment), WORKER_INTERRUPTED)
                 break
-            self.run(assignment)
-            self.trials_run += 1
+            if self.pack > 1:
+                self.run_pack(assignments)
+            else:
+                self.run(assignments[0])
+            self.trials_run += len(assignments)
             idle_since = time.monotonic()
             if self.max_trials is not None and self.trials_run >= self.max_trials:
                 log.info("ran %s: exiting", _trials(self.trials_run))
                 break
             self._back_off_after_repeated_failures()
         return self.trials_run
+
+    def _lease(self) -> list[Assignment]:
+        if self.pack == 1:
+            assignment = self.client.lease(
+                worker_id=self.worker_id, device=self.device, abort=self.stop_requested
+            )
+            return [] if assignment is None else [assignment]
+        count = self.pack
+        if self.max_trials is not None:
+            count = min(count, self.max_trials - self.trials_run)
+        return self.client.lease_batch(
+            worker_id=self.worker_id, device=self.device, count=count, abort=self.stop_requested
+        )
 
     def _note_failure(self, error: str | None) -> None:
         """Count trials in a row that failed with the same error (None: one that did not)."""
@@ -266,7 +305,7 @@ class Worker:
             try:
                 if self.force_stop.is_set():
                     raise WorkerInterrupted("stop requested")
-                result = self.objective(
+                outcome = self.objective(
                     trial.assignment,
                     report,
                     device=self.device,
@@ -275,40 +314,80 @@ class Worker:
                 )
             finally:
                 self._in_objective = False
-        except WorkerInterrupted:
+        except (WorkerInterrupted, TrialAbandoned, Exception) as error:
+            outcome = error
+        self._settle(trial, outcome)
+
+    def run_pack(self, assignments: list[Assignment]) -> None:
+        """Run leased trials together (fused where they can be), each with its own
+        heartbeat and its own end: complete, pruned, failed or let go."""
+        trials = [_RunningTrial(a) for a in assignments]
+        beats = []
+        for trial in trials:
+            self.client.remember(trial.assignment)
+            beat = _Heartbeat(self.client, trial, trial.assignment.heartbeat_interval_s)
+            beat.start()
+            beats.append(beat)
+        try:
+            try:
+                self._in_objective = True
+                if self.force_stop.is_set():
+                    raise WorkerInterrupted("stop requested")
+                outcomes = self.pack_objective(
+                    [t.assignment for t in trials],
+                    [self._reporter(t) for t in trials],
+                    device=self.device,
+                    cache_dir=self.cache_dir,
+                    artifact_dir=self.artifact_dir,
+                )
+            finally:
+                self._in_objective = False
+        except WorkerInterrupted as error:
+            outcomes = [error] * len(trials)
+        try:
+            for trial, outcome in zip(trials, outcomes, strict=True):
+                self._settle(trial, outcome)
+        finally:
+            for trial, beat in zip(trials, beats, strict=True):
+                beat.stop()
+                self.client.forget(trial.trial_id)
+
+    def _settle(self, trial: _RunningTrial, outcome: Any) -> None:
+        """Tell the service how the trial ended: a result, or the exception that ended it."""
+        if isinstance(outcome, WorkerInterrupted):
             self._let_go(trial, WORKER_INTERRUPTED)
             return
-        except TrialAbandoned:
+        if isinstance(outcome, TrialAbandoned):
             self._let_go(trial, f"abandoned: {trial.abandon_reason}")
             return
-        except Exception as error:
+        if isinstance(outcome, BaseException):
+            error = outcome
             if is_pruned(error):
                 # The service marked the trial PRUNED when it answered prune=true.
                 log.info("trial %s pruned: %s", trial.trial_id, error)
                 self._note_failure(None)
                 return
-            reason = f"{type(error).__name__}: {error}"
-            self._note_failure(reason)
+            reason, detail = failure_reason(error)
+            self._note_failure(detail)
             if self.same_error_streak > 1:
                 # The traceback was logged with the first of the streak.
-                log.error("trial %s raised again: %s", trial.trial_id, reason)
+                log.error("trial %s failed again: %s", trial.trial_id, detail)
             else:
-                log.exception("trial %s raised", trial.trial_id)
+                log.error("trial %s failed (%s)", trial.trial_id, reason, exc_info=error)
             self._send(
-                lambda: self.client.fail(trial.trial_id, reason=reason, requeue=False), trial
+                lambda: self.client.fail(
+                    trial.trial_id, reason=reason, requeue=False, detail=detail
+                ),
+                trial,
             )
             return
+        result = outcome
         if trial.abandoned.is_set():
             self._let_go(trial, f"abandoned: {trial.abandon_reason}")
             return
         self._note_failure(None)
         values, attrs, artifact = _unpack(result)
-        outcome = self._send(
-            lambda: self.client.complete(
-                trial.trial_id, values=values, attrs=attrs, artifact=artifact
-            ),
-            trial,
-        )
+        outcome = self._send(lambda: self._complete(trial, values, attrs, artifact), trial)
         if outcome is not None:
             log.info(
                 "trial %s %s %s",
@@ -335,6 +414,26 @@ class Worker:
             return prune
 
         return report
+
+    def _complete(
+        self, trial: _RunningTrial, values: Any, attrs: Any, artifact: str | None
+    ) -> TrialOutcome:
+        """Hand in the values; an artifact the service cannot reach does not cost them."""
+        try:
+            return self.client.complete(
+                trial.trial_id, values=values, attrs=attrs, artifact=artifact
+            )
+        except Rejected as error:
+            if error.status_code != 422 or artifact is None or "artifact" not in (error.path or []):
+                raise
+            log.warning(
+                "trial %s: the service refused the artifact %s (%s); completing without it: "
+                "give the workers the API's TUNEFLEET_ARTIFACT_DIR (shared storage)",
+                trial.trial_id,
+                artifact,
+                error.message,
+            )
+            return self.client.complete(trial.trial_id, values=values, attrs=attrs, artifact=None)
 
     def _let_go(self, trial: _RunningTrial, reason: str) -> None:
         """Give the trial back so that the service re-queues its parameters."""
@@ -377,6 +476,24 @@ def _trials(n: int) -> str:
     return f"{n} trial" if n == 1 else f"{n} trials"
 
 
+def failure_reason(error: BaseException) -> tuple[str, str]:
+    """(what the owner sees, the full detail for the log and admins).
+
+    An engine error carries a ``code`` and a ``public`` message that names only
+    what the spec says; any other exception may hold paths and names found on
+    this worker, so the owner sees only its type.
+    """
+    detail = f"{type(error).__name__}: {error}"
+    code, public = getattr(error, "code", None), getattr(error, "public", None)
+    if isinstance(code, str) and isinstance(public, str):
+        return f"{code}: {public}", detail
+    return (
+        f"worker_error: the trial raised {type(error).__name__} (an admin can read the "
+        "detail in the trial and the worker's log)",
+        detail,
+    )
+
+
 def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:
     """(values, attrs, artifact) of a TrialResult, or of a mapping with the same keys."""
     if isinstance(result, Mapping):
@@ -415,6 +532,12 @@ def run_worker(settings: WorkerSettings, *, objective: Objective | None = None) 
         poll_interval_max_s=settings.poll_interval_max_s,
         failure_backoff_after=settings.failure_backoff_after,
         failure_backoff=Backoff(settings.failure_backoff_base_s, settings.failure_backoff_max_s),
+        pack=settings.pack,
+        pack_objective=(
+            load_objective(PACK_OBJECTIVE)
+            if objective is None and settings.objective == DEFAULT_OBJECTIVE
+            else None
+        ),
     )
     if threading.current_thread() is threading.main_thread():
         worker.install_signal_handlers()
@@ -437,8 +560,14 @@ def run_worker_command(*, warm: bool = False, **options: Any) -> int:
             name = "TUNEFLEET_" + "_".join(str(p) for p in problem["loc"]).upper()
             log.error("bad setting %s: %s", name, problem["msg"])
         return 2
+    if not settings.token and settings.token_file is not None:
+        try:
+            settings.token = settings.token_file.read_text().strip()
+        except OSError as error:
+            log.error("cannot read the token file %s: %s", settings.token_file, error.strerror)
+            return 2
     if not settings.token:
-        log.error("no token: pass --token or set TUNEFLEET_TOKEN (a worker-scope token)")
+        log.error("no token: set TUNEFLEET_TOKEN or pass --token-file PATH (a worker-scope token)")
         return 2
     problem = device_problem(settings.resolved_device())
     if problem is not None:

@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response, status
 
-from service import leasing
+from service import batch_leasing, leasing
 from service.deps import CurrentWorker, SessionDep, SettingsDep, StorageDep
 from service.schemas import error_responses
 from tunefleet.protocol import (
     API_PREFIX,
     Assignment,
+    BatchAssignment,
+    BatchLeaseRequest,
     Heartbeat,
     HeartbeatAck,
     IntermediateReport,
@@ -69,6 +71,35 @@ def create_lease(
     if assignment is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return assignment
+
+
+@router.post(
+    "/leases/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BatchAssignment,
+    responses={204: {"description": "No running study has work right now."}},
+)
+def create_leases(
+    body: BatchLeaseRequest,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    worker: CurrentWorker,
+) -> BatchAssignment | Response:
+    """Lease up to `count` trials of one running study (the one whose turn it is),
+    sampled together, each with its own lease; or 204 when there is none."""
+    assignments = batch_leasing.lease_trials(
+        session,
+        storage=storage,
+        settings=settings,
+        worker_id=body.worker_id,
+        device=body.device,
+        count=body.count,
+        holder=worker,
+    )
+    if not assignments:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return BatchAssignment(assignments=assignments)
 
 
 @router.post(

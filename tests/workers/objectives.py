@@ -62,3 +62,11 @@ def engine(assignment: Assignment, report, *, device: str, cache_dir: Path, arti
     return run_trial(
         assignment, report, device=device, cache_dir=cache_dir, artifact_dir=artifact_dir
     )
+
+
+def elsewhere(assignment: Assignment, report, *, device: str, cache_dir: Path, artifact_dir: Path):
+    """Like quadratic, with a checkpoint written where the service cannot reach it."""
+    result = quadratic(
+        assignment, report, device=device, cache_dir=cache_dir, artifact_dir=artifact_dir
+    )
+    return {**result, "artifact": f"/tmp/not-the-artifact-root/{assignment.trial_id}.pt"}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from tunefleet.cli.errors import fail
 
 
 def worker(
@@ -15,9 +18,14 @@ def worker(
             "comma-separate) for failover [TUNEFLEET_SERVICE_URL, comma-separated]."
         ),
     ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="A worker-scope token [TUNEFLEET_TOKEN].")
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file holding the worker-scope token [TUNEFLEET_TOKEN_FILE]; "
+            "or set TUNEFLEET_TOKEN. Never on the command line, where `ps` shows it."
+        ),
     ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True)] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N; default auto [TUNEFLEET_DEVICE].")
     ] = None,
@@ -30,6 +38,15 @@ def worker(
     ] = None,
     worker_id: Annotated[
         str | None, typer.Option(help="Default hostname-pid-device [TUNEFLEET_WORKER_ID].")
+    ] = None,
+    pack: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Lease up to K trials of one study at once; head-only trials of the same "
+            "head shape train fused [TUNEFLEET_PACK].",
+        ),
     ] = None,
     warm: Annotated[
         bool,
@@ -46,15 +63,21 @@ def worker(
     hands the trial back (it is re-queued) and exits at once. A bad setting
     (--device included) is exit 2 before the first lease.
     """
+    if token is not None:
+        fail(
+            "--token is not taken: a token on the command line shows in `ps` to every user of "
+            "the machine. Set TUNEFLEET_TOKEN, or put it in a file and pass --token-file PATH."
+        )
     from workers.loop import run_worker_command
 
     code = run_worker_command(
         service_url=",".join(service) if service else None,
-        token=token,
+        token_file=token_file,
         device=device,
         max_trials=max_trials,
         idle_exit_s=idle_exit,
         worker_id=worker_id,
+        pack=pack,
         objective=objective,
         warm=warm,
     )

@@ -192,6 +192,33 @@ def _features_fit(
     return one.numel() * 4 * (len(data.train) + len(data.val)) <= cache.max_bytes
 
 
+def cached_features(
+    model: TransferModel, data: Dataset, cfg: TrainConfig, cache: FeatureCache, cache_key: tuple
+) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+    """(train, val) features of the frozen part on the device and "hit" or "miss";
+    None when they do not fit the cache."""
+    device = torch.device(cfg.device)
+    if not _features_fit(model, data, cache, device):
+        return None
+    model.eval()
+    splits = []
+    hits = []
+    for name, split in (("train", data.train), ("val", data.val)):
+        x, hit = cache.get_or_compute(
+            (*cache_key, name, model.cut),
+            lambda split=split: predict(
+                model.frozen_features,
+                place(split.x, device),
+                device,
+                raw_pixels=True,
+                mixed_precision=cfg.mixed_precision,
+            ),
+        )
+        splits.append(place(x, device))
+        hits.append(hit)
+    return splits[0], splits[1], "hit" if all(hits) else "miss"
+
+
 def fine_tune(
     model: TransferModel,
     data: Dataset,
@@ -217,34 +244,15 @@ def fine_tune(
     precision = str(dtype).removeprefix("torch.") if dtype else "float32"
 
     # With nothing to augment, the frozen part's output is the same in every trial.
-    cached = feature_cache is not None and cfg.augment_strength == 0
-    cache_state = "off"
-    if cached and not _features_fit(model, data, feature_cache, device):
-        cached, cache_state = False, "too_large"
+    features = (
+        cached_features(model, data, cfg, feature_cache, cache_key)
+        if feature_cache is not None and cfg.augment_strength == 0
+        else None
+    )
+    cache_state = "off" if feature_cache is None or cfg.augment_strength > 0 else "too_large"
+    cached = isinstance(features, tuple)
     if cached:
-        model.eval()
-        train_x, hit_train = feature_cache.get_or_compute(
-            (*cache_key, "train", model.cut),
-            lambda: predict(
-                model.frozen_features,
-                place(data.train.x, device),
-                device,
-                raw_pixels=True,
-                mixed_precision=cfg.mixed_precision,
-            ),
-        )
-        val_x, hit_val = feature_cache.get_or_compute(
-            (*cache_key, "val", model.cut),
-            lambda: predict(
-                model.frozen_features,
-                place(data.val.x, device),
-                device,
-                raw_pixels=True,
-                mixed_precision=cfg.mixed_precision,
-            ),
-        )
-        cache_state = "hit" if hit_train and hit_val else "miss"
-        train_x, val_x = place(train_x, device), place(val_x, device)
+        train_x, val_x, cache_state = features
         forward = model.forward_from_frozen
     else:
         train_x, val_x = place(data.train.x, device), place(data.val.x, device)

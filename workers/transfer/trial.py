@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from tunefleet.protocol import Assignment
 from tunefleet.spec import Compression, SpecError, StudySpec
+from workers.transfer.access import FileAccess
 from workers.transfer.compress import compress, count_params, latency_ms, size_mb
 from workers.transfer.data import Dataset, load_dataset, to_float
 from workers.transfer.errors import ParamError
@@ -62,27 +63,39 @@ def build_model(source: SourceModel, data: Dataset, params: dict[str, Any]) -> T
     )
 
 
-def run_trial(
+@dataclass
+class PreparedTrial:
+    """A trial ready to train: its parameters, config, source, data and model."""
+
+    assignment: Assignment
+    params: dict[str, Any]
+    cfg: TrainConfig
+    source: SourceModel
+    data: Dataset
+    model: TransferModel
+    started: float
+    loaded: float
+    # The global generator right after the head was initialised: where dropout starts.
+    rng_state: torch.Tensor
+
+    @property
+    def cache_key(self) -> tuple:
+        return (self.source.content_hash, self.data.fingerprint)
+
+
+def prepare_trial(
     assignment: Assignment | Mapping[str, Any],
-    report: Report,
     *,
     device: str = "cpu",
     cache_dir: Path,
-    artifact_dir: Path,
-    feature_cache: FeatureCache | None = FEATURES,
-) -> TrialResult:
-    """Fine-tune and score one trial of the assignment's study.
-
-    `assignment` is the leased Assignment, or its JSON (validated here, spec included).
-    Calls `report(epoch, val_accuracy)` after each epoch (epochs count from 1) and
-    raises TrialPruned when it returns True; raises a
-    TransferError subclass (with what to fix) for a bad spec, file or dataset.
-    Pass feature_cache=None to recompute frozen features in every batch.
-    """
+    access: FileAccess | None = None,
+) -> PreparedTrial:
+    """Validate the assignment, load its source model and dataset, build its model
+    (head initialised from the trial's seed). `access` holds the data and model roots
+    and the dataset limits; by default this process's TUNEFLEET_* settings."""
     started = time.perf_counter()
     assignment = _validated(assignment)
     spec, number = assignment.spec, assignment.number
-    metrics = spec.metric_names
     params = _trial_params(spec, assignment.params)
     cfg = TrainConfig(
         lr=params["lr"],
@@ -98,22 +111,57 @@ def run_trial(
     )
     cfg.validate()
 
+    access = access or FileAccess.from_env(owner=getattr(assignment, "owner", None))
     source = load_source_model(
-        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir)
+        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir), access=access
     )
-    data = load_dataset(spec.dataset, source.input_spec)
+    data = load_dataset(spec.dataset, source.input_spec, access=access)
     loaded = time.perf_counter()
 
     torch.manual_seed(cfg.seed)  # head initialisation and dropout
     model = build_model(source, data, params)
+    rng_state = torch.get_rng_state()
+    return PreparedTrial(assignment, params, cfg, source, data, model, started, loaded, rng_state)
+
+
+def run_trial(
+    assignment: Assignment | Mapping[str, Any],
+    report: Report,
+    *,
+    device: str = "cpu",
+    cache_dir: Path,
+    artifact_dir: Path,
+    feature_cache: FeatureCache | None = FEATURES,
+    access: FileAccess | None = None,
+) -> TrialResult:
+    """Fine-tune and score one trial of the assignment's study.
+
+    `assignment` is the leased Assignment, or its JSON (validated here, spec included).
+    Calls `report(epoch, val_accuracy)` after each epoch (epochs count from 1) and
+    raises TrialPruned when it returns True; raises a
+    TransferError subclass (with what to fix) for a bad spec, file or dataset.
+    Pass feature_cache=None to recompute frozen features in every batch; `access`
+    as in prepare_trial.
+    """
+    trial = prepare_trial(assignment, device=device, cache_dir=cache_dir, access=access)
     fit = fine_tune(
-        model,
-        data,
-        cfg,
+        trial.model,
+        trial.data,
+        trial.cfg,
         report,
         feature_cache=feature_cache,
-        cache_key=(source.content_hash, data.fingerprint),
+        cache_key=trial.cache_key,
     )
+    return finish_trial(trial, fit, artifact_dir=artifact_dir)
+
+
+def finish_trial(trial: PreparedTrial, fit: FitResult, *, artifact_dir: Path) -> TrialResult:
+    """Score a trained trial (its model holds the best epoch) and save its artifact."""
+    assignment, params, cfg = trial.assignment, trial.params, trial.cfg
+    source, data, model = trial.source, trial.data, trial.model
+    spec, number, device = assignment.spec, assignment.number, cfg.device
+    metrics = spec.metric_names
+    started, loaded = trial.started, trial.loaded
 
     scored = time.perf_counter()
     values: dict[str, float] = {}

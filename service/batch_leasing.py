@@ -1,0 +1,211 @@
+"""Batched leases: up to `count` trials of one running study in one call.
+
+The study is the one whose turn it is by the same fair share as a single lease
+(service/fair_share.py). Its trials are asked one after the other while this
+process holds the study's lock and the database holds the study's row lock, as
+for a single lease, so the budget holds exactly: 16 workers asking for 16 each
+never start more than ``max_trials``. WAITING trials (retries, enqueued) go out
+first, then new ones; each new trial is sampled on the study as it stands with
+the earlier ones of the batch in it as RUNNING, so the sampler's constant liar
+sees them. The lease rows of the batch are written in one commit; a trial asked
+before the process died has no lease and the reaper fails it
+(service/reaper.py: orphaned running trials).
+
+Each trial gets its own lease and lease secret: every later call (heartbeat,
+intermediate, complete, fail) stays per trial (service/leasing.py). Asking
+again with the same worker_id and token while that worker holds active leases
+gives those leases back with new secrets (the answer to the first call was
+lost), as a single lease does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import timedelta
+
+import sqlalchemy as sa
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session
+
+from service._optuna_internals import trial_id_of
+from service.auth import Principal
+from service.budget import study_budget
+from service.config import Settings
+from service.fair_share import running_trials_by_owner, studies_in_turn
+from service.lease_holder import new_lease_secret
+from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
+from service.study_cache import LoadedStudy, study_of
+from service.trial_lifecycle import ask_leased_trial, get_frozen_trial
+from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
+
+__all__ = ["lease_trials"]
+
+log = logging.getLogger(__name__)
+
+
+def _assignment(
+    lease: Lease, record: StudyRecord, params: dict, settings: Settings, secret: str
+) -> Assignment:
+    return Assignment(
+        trial_id=lease.trial_id,
+        study_id=lease.study_id,
+        number=lease.number,
+        params=params,
+        spec=record.spec,
+        lease_expires_at=lease.expires_at,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        lease_secret=secret,
+    )
+
+
+def lease_trials(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    settings: Settings,
+    worker_id: str,
+    device: str,
+    count: int,
+    holder: Principal | None = None,
+) -> list[Assignment]:
+    """Up to `count` trials of one study for this worker: the ones it already holds,
+    else new leases of the study whose turn it is; [] when no running study has work.
+    Commits as it goes."""
+    if not 1 <= count <= MAX_BATCH_LEASE:
+        raise ValueError(f"count must be 1..{MAX_BATCH_LEASE}, got {count}")
+    held = _held_again(
+        session, storage=storage, settings=settings, worker_id=worker_id, holder=holder
+    )
+    if held:
+        return held[:count]
+    for record in studies_in_turn(session, settings=settings, holder=holder):
+        try:
+            entry = study_of(storage, record)
+        except KeyError:  # its Optuna study was deleted behind TuneFleet's back
+            log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
+            continue
+        assignments = _lease_batch(
+            session,
+            settings=settings,
+            study_id=record.id,
+            entry=entry,
+            worker_id=worker_id,
+            device=device,
+            count=count,
+            holder=holder,
+        )
+        if assignments:
+            return assignments
+    return []
+
+
+def _held_again(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    settings: Settings,
+    worker_id: str,
+    holder: Principal | None,
+) -> list[Assignment]:
+    """The active leases of this worker and token, renewed with new secrets."""
+    token_id = holder.token_id if holder is not None else None
+    held = session.scalars(
+        sa.select(Lease)
+        .where(
+            Lease.worker_id == worker_id,
+            Lease.state == LeaseState.ACTIVE,
+            Lease.token_id.is_(None) if token_id is None else Lease.token_id == token_id,
+        )
+        .order_by(Lease.trial_id)
+        .limit(MAX_BATCH_LEASE)
+        .with_for_update()
+    ).all()
+    if not held:
+        return []
+    now = utcnow()
+    answers = []
+    for lease in held:
+        lease.heartbeat_at = now
+        lease.expires_at = now + timedelta(seconds=settings.grace_period_s)
+        record = session.get_one(StudyRecord, lease.study_id)
+        params = get_frozen_trial(storage, lease.trial_id).params
+        secret = new_lease_secret(lease, holder)
+        answers.append(_assignment(lease, record, params, settings, secret))
+    session.commit()
+    return answers
+
+
+def _room_for(session: Session, record: StudyRecord, settings: Settings, count: int) -> int:
+    """How many of `count` the owner's limit of running trials leaves room for."""
+    running = running_trials_by_owner(session, [record.owner]).get(record.owner, 0)
+    return max(0, min(count, settings.max_running_trials_per_owner - running))
+
+
+def _lease_batch(
+    session: Session,
+    *,
+    settings: Settings,
+    study_id: int,
+    entry: LoadedStudy,
+    worker_id: str,
+    device: str,
+    count: int,
+    holder: Principal | None,
+) -> list[Assignment]:
+    # No connection or row lock is held while this thread waits for the study.
+    session.commit()
+    with entry.lock:
+        record = session.scalars(
+            sa.select(StudyRecord).where(StudyRecord.id == study_id).with_for_update()
+        ).one_or_none()
+        if record is None or record.state != StudyState.RUNNING:
+            session.commit()
+            return []
+        budget = study_budget(record)
+        # One read of the study; the batch's own trials are added as they are asked.
+        trials: list[FrozenTrial] = list(entry.trials())
+        counts = Counter(t.state.name for t in trials)
+        used = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
+        started = used + counts["FAIL"]
+        waiting = counts["WAITING"]
+        wanted = _room_for(session, record, settings, count)
+        asked: list[FrozenTrial] = []
+        while len(asked) < wanted:
+            if used >= budget.max_trials or (started >= budget.attempts_cap() and waiting == 0):
+                break
+            trial = ask_leased_trial(entry, trials)
+            if any(t.number == trial.number and t.state == TrialState.WAITING for t in trials):
+                waiting -= 1  # a re-queued or enqueued trial, claimed
+            # The sampler of the next one sees this one RUNNING (the constant liar).
+            trials = sorted(
+                [t for t in trials if t.number != trial.number] + [trial], key=lambda t: t.number
+            )
+            used, started = used + 1, started + 1
+            asked.append(trial)
+        if not asked:
+            spent = used >= budget.max_trials or (started >= budget.attempts_cap() and waiting == 0)
+            if spent and counts["RUNNING"] == 0:
+                record.state = StudyState.COMPLETED
+            session.commit()
+            return []
+        now = utcnow()
+        answers = []
+        for trial in asked:
+            lease = Lease(
+                trial_id=trial_id_of(trial),
+                study_id=record.id,
+                number=trial.number,
+                worker_id=worker_id,
+                device=device,
+                state=LeaseState.ACTIVE,
+                leased_at=now,
+                heartbeat_at=now,
+                expires_at=now + timedelta(seconds=settings.grace_period_s),
+            )
+            secret = new_lease_secret(lease, holder)
+            session.add(lease)
+            answers.append(_assignment(lease, record, trial.params, settings, secret))
+        session.commit()
+        return answers
