@@ -24,10 +24,12 @@ import copy
 import threading
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from optuna.storages._rdb import models as _rdb
@@ -36,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 # Optuna's tables, as the SQLAlchemy models of its RDB storage declare them.
+StudyModel = _rdb.StudyModel
 TrialModel = _rdb.TrialModel
 TrialValueModel = _rdb.TrialValueModel
 TrialParamModel = _rdb.TrialParamModel
@@ -108,6 +111,54 @@ def frozen_trial_of_row(storage: RDBStorage, row: Any) -> FrozenTrial:
 def create_trial_row(storage: RDBStorage, study_id: int) -> FrozenTrial:
     """A new RUNNING trial with no parameters, returned as created (not read back)."""
     return storage._create_new_trial(study_id)
+
+
+def insert_trial_row(session: Session, study_id: int) -> FrozenTrial:
+    """A new RUNNING trial with no parameters, written (not committed) in `session`:
+    what `RDBStorage._create_new_trial` does, in the caller's transaction. The
+    study's row is locked first, as Optuna does, so the trial's number is unique."""
+    StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+    row = TrialModel(
+        study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=datetime.now()
+    )
+    session.add(row)
+    session.flush()
+    row.number = row.count_past_trials(session)
+    session.flush()
+    return FrozenTrial(
+        number=row.number,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=row.datetime_start,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=row.trial_id,
+    )
+
+
+def claim_waiting_row(session: Session, study_id: int) -> tuple[int, datetime] | None:
+    """The study's first WAITING trial set RUNNING in `session` (not committed):
+    (its id, its start), or None. Rows another transaction holds are skipped, so
+    two claims never get one trial (Optuna's `_pop_waiting_trial_id`, in the
+    caller's transaction)."""
+    row = session.scalars(
+        sa.select(TrialModel)
+        .where(TrialModel.study_id == study_id, TrialModel.state == TrialState.WAITING)
+        .order_by(TrialModel.trial_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if row is None:
+        return None
+    row.state = TrialState.RUNNING
+    row.datetime_start = datetime.now()
+    session.flush()
+    return row.trial_id, row.datetime_start
 
 
 def set_trial_attr_in_session(

@@ -36,11 +36,11 @@ from service.budget import fail_and_requeue, lease_worker_attrs, settle_study, s
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.fair_share import studies_in_turn
+from service.handout import start_trial
 from service.lease_holder import check_completion, check_holder, new_lease_secret
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, study_of
 from service.trial_lifecycle import (
-    ask_leased_trial,
     complete_leased_trial,
     fail_leased_trial,
     get_frozen_trial,
@@ -178,7 +178,7 @@ def _lease_from_study(
                 record.state = StudyState.COMPLETED
             session.commit()
             return None
-        trial = ask_leased_trial(entry, trials)
+        trial = start_trial(session, entry, trials)  # uncommitted, as the lease
         now = utcnow()
         lease = Lease(
             trial_id=trial_id_of(trial),

@@ -18,12 +18,14 @@ from optuna.storages import BaseStorage
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from service._optuna_internals import trial_id_of
 from service.budget import fail_and_requeue, settle_study, spec_budget, study_budget
 from service.config import Settings
 from service.db import is_connection_error, session_scope
 from service.errors import DatabaseUnavailable
-from service.models import Lease, LeaseState, StudyRecord, utcnow
-from service.trial_lifecycle import orphaned_running_trials
+from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
+from service.study_cache import study_of
+from service.trial_lifecycle import fail_leased_trial, orphaned_running_trials
 
 __all__ = ["Reaper", "reap_stale_leases"]
 
@@ -37,8 +39,12 @@ def reap_stale_leases(*, engine: Engine, storage: BaseStorage, settings: Setting
     """Fail the trials whose leases expired and re-queue their parameters; returns their ids.
 
     Also fails the trials that ran past their study's trial_timeout_s (not
-    re-queued), and RUNNING trials that never got a lease row (the API lost the
-    database between Optuna's ask and the lease's commit).
+    re-queued), and RUNNING trials that never got a lease row. The lease path
+    starts its trial in the lease's transaction (service/handout.py), so on a
+    database it leaves none; one comes from a writer outside it (Optuna's own
+    ask on the study, or a storage with no database). Such a trial is reaped
+    once it is one grace period old, and its re-queued copy keeps its retry
+    count: no worker ever ran it.
 
     Each trial is reaped in a short transaction of its own, and Optuna's write
     (through Optuna's engine) comes before ours in it: no transaction of ours
@@ -73,7 +79,7 @@ def reap_stale_leases(*, engine: Engine, storage: BaseStorage, settings: Setting
             )
             if study_id is not None:
                 reaped[trial_id] = study_id
-        cutoff = now - timedelta(seconds=2 * settings.grace_period_s)
+        cutoff = now - timedelta(seconds=settings.grace_period_s)
         for study_id, trial_id, number in orphaned_running_trials(scan, started_before=cutoff):
             if _reap_orphan(engine, storage, study_id=study_id, trial_id=trial_id, number=number):
                 reaped[trial_id] = study_id
@@ -130,7 +136,8 @@ def _reap_orphan(
     trial_id: int,
     number: int,
 ) -> bool:
-    """Fail a RUNNING trial that has no lease row, and record a lease for it."""
+    """Fail a RUNNING trial that has no lease row, re-queue it without spending a
+    retry (unless the study is stopped or its budget spent), and record a lease for it."""
     now = utcnow()
     with session_scope(engine) as session:
         if session.get(Lease, trial_id) is not None:
@@ -147,7 +154,27 @@ def _reap_orphan(
             expires_at=now,
         )
         reason = "lease lost: the trial started but its lease was never recorded"
-        _expire(storage, lease, record, reason, now=now, requeue=True)
+        entry = study_of(storage, record)
+        counts = entry.counts()
+        budget = study_budget(record)
+        requeue = (
+            record.state != StudyState.STOPPED
+            and counts["COMPLETE"] + counts["PRUNED"] < budget.max_trials
+        )
+        trial, retry = fail_leased_trial(
+            storage,
+            trial_id=trial_id,
+            optuna_study_id=entry.optuna_study_id,
+            reason=reason,
+            requeue=requeue,
+            counts_as_retry=False,
+        )
+        lease.outcome = {"state": trial.state.name, "reason": reason}
+        if retry is not None:
+            lease.outcome |= {"retry_trial_id": trial_id_of(retry), "retry_number": retry.number}
+        lease.state = LeaseState.EXPIRED
+        lease.finished_at = now
+        log.warning("trial %s of study %s: %s", number, study_id, reason)
         session.add(lease)
     return True
 

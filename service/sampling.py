@@ -26,18 +26,25 @@ from service._optuna_internals import distribution_contains, single_value, study
 
 
 def sample_params(
-    study: optuna.Study, trial: FrozenTrial, distributions: dict[str, BaseDistribution]
+    study: optuna.Study,
+    trial: FrozenTrial,
+    distributions: dict[str, BaseDistribution],
+    *,
+    fixed: dict[str, Any] | None = None,
 ) -> None:
     """Fill a new trial's params with values for `distributions`, as `trial.suggest_*`
-    would draw them: the sampler's relative sample where it covers a parameter, else
-    an independent one."""
+    would draw them: a `fixed` value (an enqueued or re-queued trial's) first, then
+    the sampler's relative sample where it covers a parameter, else an independent one."""
+    fixed = fixed or {}
     sampler = study.sampler
     view = study_view_for(study, trial)
     sampler.before_trial(view, trial)
     relative_space = sampler.infer_relative_search_space(view, trial)
     relative = sampler.sample_relative(view, trial, relative_space)
     for name, distribution in distributions.items():
-        if distribution.single():
+        if name in fixed:
+            value = fixed[name]
+        elif distribution.single():
             value = single_value(distribution)
         elif name in relative and _covers(relative_space, relative, name, distribution):
             value = relative[name]

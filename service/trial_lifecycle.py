@@ -25,22 +25,16 @@ from sqlalchemy.orm import Session
 
 from service._optuna_internals import (
     SnapshotStorage,
-    TrialParamModel,
-    TrialSystemAttributeModel,
     TrialUserAttributeModel,
     TrialValueModel,
-    asked_trial,
-    create_trial_row,
-    forget_cached_trials,
     lock_trial_row,
     rdb_session,
     set_trial_attr_in_session,
     stored_value,
-    trial_id_of,
     uncached,
 )
 from service.errors import Conflict
-from service.sampling import sample_params
+from service.handout import start_trial
 from service.study_cache import LoadedStudy
 
 __all__ = [
@@ -89,50 +83,13 @@ RESERVED_TRIAL_ATTRS = frozenset(
 
 
 def ask_leased_trial(entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTrial:
-    """Start a trial: a WAITING one (enqueued or re-queued) first, else a sampled one.
-
-    `trials` is the study as `entry.trials()` read it just before, under the
-    study's locks. Who runs the trial is on its lease; the worker id and device
-    go into the trial's user attributes when it finishes.
-    """
+    """Start a trial with no lease, committed on its own (the sampling tests; the
+    lease path starts its trial in the lease's transaction, service/handout.py)."""
     with entry.lock:
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if waiting or not isinstance(entry.storage, SnapshotStorage):
-            trial = entry.study.ask(fixed_distributions=entry.distributions)
-            # The Trial holds what ask wrote (id, number, params): no need to read it back.
-            return asked_trial(trial)
-        return _ask_new_trial(entry, trials)
-
-
-def _ask_new_trial(entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTrial:
-    """study.ask(fixed_distributions) for a new trial, sampled on `trials` (plus the new
-    trial, as ask sees it), with its parameters and the sampler's system attributes
-    written in one transaction."""
-    study, storage, study_id = entry.study, entry.storage, entry.optuna_study_id
-    backend = storage.backend
-    frozen = create_trial_row(backend, study_id)  # the new trial, not read back
-    forget_cached_trials(study)
-    with storage.sampling(study_id, [*trials, frozen], frozen) as system_attrs:
-        sample_params(study, frozen, entry.distributions)
-    # The trial was created just now under the study's locks and is RUNNING with
-    # no parameters or attributes: plain inserts, in one transaction.
-    with rdb_session(backend, ignore_integrity_error=True) as session:
-        session.add_all(
-            TrialParamModel(
-                trial_id=trial_id_of(frozen),
-                param_name=name,
-                param_value=distribution.to_internal_repr(frozen.params[name]),
-                distribution_json=optuna.distributions.distribution_to_json(distribution),
-            )
-            for name, distribution in frozen.distributions.items()
-        )
-        session.add_all(
-            TrialSystemAttributeModel(
-                trial_id=trial_id_of(frozen), key=key, value_json=json.dumps(value)
-            )
-            for key, value in system_attrs.items()
-        )
-    return frozen
+        if not isinstance(entry.storage, SnapshotStorage):
+            return start_trial(None, entry, trials)  # type: ignore[arg-type]
+        with rdb_session(entry.storage.backend) as session:
+            return start_trial(session, entry, trials)
 
 
 def _upsert_trial_attrs(
@@ -279,12 +236,14 @@ def fail_leased_trial(
     reason: str,
     requeue: bool = False,
     worker: dict[str, str] | None = None,
+    counts_as_retry: bool = True,
     detail: str | None = None,
 ) -> tuple[FrozenTrial, FrozenTrial | None]:
     """Mark a running trial FAIL with the reason as a user attribute, and with
-    ``requeue`` queue a WAITING trial with its parameters first. ``detail`` (the
-    worker's full account, for admins only) is kept as a system attribute, which
-    the owner's views never show.
+    ``requeue`` queue a WAITING trial with its parameters first; without
+    ``counts_as_retry`` (a trial no worker ever ran) the copy keeps its retry count.
+    ``detail`` (the worker's full account, for admins only) is kept as a system
+    attribute, which the owner's views never show.
 
     Returns the trial and its retry. A trial already finished is left as it is
     (with the retry it named, if any): failing twice re-queues once.
@@ -298,7 +257,9 @@ def fail_leased_trial(
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             storage.set_trial_system_attr(trial_id, ATTR_FAIL_DETAIL, detail)
     if requeue:
-        retry = _queue_retry(storage, failed=trial, study_id=optuna_study_id)
+        retry = _queue_retry(
+            storage, failed=trial, study_id=optuna_study_id, counts_as_retry=counts_as_retry
+        )
         # Lineage both ways; a finished trial's attributes cannot change, so now.
         user_attrs[ATTR_RETRIED_AS] = retry.number
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -313,14 +274,16 @@ def _retry_of(storage: BaseStorage, trial: FrozenTrial, study_id: int) -> Frozen
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
-def _queue_retry(storage: BaseStorage, *, failed: FrozenTrial, study_id: int) -> FrozenTrial:
+def _queue_retry(
+    storage: BaseStorage, *, failed: FrozenTrial, study_id: int, counts_as_retry: bool = True
+) -> FrozenTrial:
     """A WAITING trial with the failed one's parameters and its lineage in user attrs."""
     template = create_trial(
         state=TrialState.WAITING,
         system_attrs={"fixed_params": dict(failed.params)},
         user_attrs={
             ATTR_RETRY_OF: failed.number,
-            ATTR_RETRY_COUNT: retry_count_of(failed) + 1,
+            ATTR_RETRY_COUNT: retry_count_of(failed) + int(counts_as_retry),
         },
     )
     return storage.get_trial(storage.create_new_trial(study_id, template_trial=template))

@@ -191,3 +191,56 @@ def test_idempotent_calls_are_retried_after_a_timeout():
         transport=scripted(httpx.ReadTimeout("slow"), httpx.Response(200, json={"ok": True}))[0],
     )
     assert connection.request("DELETE", "/studies/3", idempotent=True).json() == {"ok": True}
+
+
+# ----------------------------------------------------------------------------- Failover
+
+
+def test_a_refused_connection_or_a_503_moves_to_the_next_api_process_at_once():
+    transport, calls = scripted(
+        httpx.ConnectError("refused"),
+        httpx.Response(503, headers={"Retry-After": "30"}, json={"detail": {"message": "db"}}),
+        httpx.Response(200, json={"ok": True}),
+    )
+    connection = ApiConnection(
+        "http://api-1:8000, http://api-2:8000/,http://api-3:8000",
+        "t",
+        backoff=Backoff(5, 10),  # a wait would show in the time taken
+        transport=transport,
+    )
+    started = time.monotonic()
+    assert connection.request("GET", "/studies", idempotent=True).json() == {"ok": True}
+    assert time.monotonic() - started < 1.0
+    assert [c.url.host for c in calls] == ["api-1", "api-2", "api-3"]
+    assert connection.base_url == "http://api-3:8000"  # kept for the calls after
+
+
+def test_failover_waits_once_every_process_was_tried():
+    transport, calls = scripted(
+        httpx.ConnectError("refused"),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json={"ok": True}),
+    )
+    connection = ApiConnection(
+        "http://api-1,http://api-2", "t", backoff=Backoff(0.2, 0.2), transport=transport
+    )
+    started = time.monotonic()
+    connection.request("GET", "/studies", idempotent=True)
+    assert time.monotonic() - started >= 0.1  # the backoff's fixed half
+    assert [c.url.host for c in calls] == ["api-1", "api-2", "api-1"]
+
+
+def test_a_definitive_answer_does_not_fail_over():
+    transport, calls = scripted(httpx.Response(404, json={"detail": {"message": "no such"}}))
+    connection = ApiConnection("http://api-1,http://api-2", "t", transport=transport)
+    with pytest.raises(ApiError):
+        connection.request("GET", "/studies/9", idempotent=True)
+    assert [c.url.host for c in calls] == ["api-1"]
+
+
+def test_an_ambiguous_create_is_not_sent_to_another_process():
+    transport, calls = scripted(httpx.ReadTimeout("no answer"))
+    connection = ApiConnection("http://api-1,http://api-2", "t", transport=transport)
+    with pytest.raises(AmbiguousFailure):
+        connection.request("POST", "/studies", json_body={}, idempotent=False)
+    assert len(calls) == 1

@@ -8,6 +8,12 @@ idempotent is sent again only when it surely never reached the service (the
 connection was refused) or the service said so (429); any other failure is
 ambiguous and raised as :class:`AmbiguousFailure` for the caller to resolve
 (a study create checks by name whether the first attempt went through).
+
+Failover: the base URL may name several API processes behind one database,
+comma-separated. A connection failure, a timeout or a 502/503/504 moves the
+next attempt to the next URL at once; once each was tried, the usual backoff
+applies before the round starts again. The one that answered is kept for the
+calls after.
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ __all__ = [
     "Unreachable",
     "error_of",
     "retry_after_seconds",
+    "split_urls",
 ]
 
 log = logging.getLogger("tunefleet.http")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Answers that say "this process cannot serve you now": another one may.
+FAILOVER_STATUS = frozenset({502, 503, 504})
 # The longest Retry-After honoured as given; beyond it the backoff cap applies.
 RETRY_AFTER_MAX_S = 60.0
 # Failures after which a request surely never reached the service.
@@ -133,8 +142,17 @@ def error_of(response: httpx.Response) -> ApiError:
     return ApiError(status, str(detail)[:500])
 
 
+def split_urls(base_url: str) -> list[str]:
+    """The API's base URLs from one string: comma-separated, trailing slashes dropped."""
+    urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no service URL given")
+    return urls
+
+
 class ApiConnection:
-    """Requests to one TuneFleet API, under ``/api/v1``, with one retry policy.
+    """Requests to a TuneFleet API, under ``/api/v1``, with one retry policy; the
+    base URL names one API process or several, comma-separated (failover).
 
     ``attempts`` bounds the tries of a call (None: until success, for a worker
     that must not lose a result). ``abort`` ends a wait between attempts at once
@@ -152,22 +170,33 @@ class ApiConnection:
         abort: threading.Event | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = split_urls(base_url)
+        self._current = 0
         self.attempts = attempts
         self.backoff = backoff or Backoff()
         self.abort = abort or threading.Event()
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(
-            base_url=self.base_url + API_PREFIX,
-            headers=headers,
-            timeout=timeout_s,
-            transport=transport,
-        )
+        self._clients = [
+            httpx.Client(
+                base_url=url + API_PREFIX, headers=headers, timeout=timeout_s, transport=transport
+            )
+            for url in self.base_urls
+        ]
+
+    @property
+    def base_url(self) -> str:
+        """The API process the next call goes to."""
+        return self.base_urls[self._current]
+
+    def _fail_over(self) -> None:
+        self._current = (self._current + 1) % len(self.base_urls)
+        log.warning("failing over to the TuneFleet API at %s", self.base_url)
 
     def close(self) -> None:
-        self._http.close()
+        for client in self._clients:
+            client.close()
 
     def __enter__(self) -> ApiConnection:
         return self
@@ -203,16 +232,19 @@ class ApiConnection:
         )
         what = f"{method} {API_PREFIX}{path}"
         attempt = 0
+        tried = 0  # URLs tried since the last wait
         while True:
             wait: float | None = None
+            fail_over = False
             try:
-                response = self._http.request(
+                response = self._clients[self._current].request(
                     method, path, content=content, params=params, headers=headers
                 )
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__}: {error}".rstrip(": ")
                 if not idempotent and not isinstance(error, _NEVER_SENT):
                     raise AmbiguousFailure(self.base_url, f"{what}: {problem}") from None
+                fail_over = True
             else:
                 if response.status_code < 400:
                     return response
@@ -225,9 +257,17 @@ class ApiConnection:
                     )
                 problem = f"{response.status_code}: {error.message}"
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
+                fail_over = response.status_code in FAILOVER_STATUS
             attempt += 1
             if limit is not None and attempt >= limit:
                 raise Unreachable(self.base_url, f"{what}: {problem}")
+            tried += 1
+            if fail_over and len(self.base_urls) > 1:
+                log.warning("%s failed at %s (%s)", what, self.base_url, problem)
+                self._fail_over()
+                if tried < len(self.base_urls):
+                    continue  # another API process, at once
+            tried = 0
             delay = self.backoff.delay(attempt - 1)
             if wait is not None:
                 # The service knows best when it will be back (within reason); a

@@ -63,7 +63,9 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEFLEET_", extra="ignore")
 
     service_url: str = Field(
-        default="http://127.0.0.1:8000", description="Base URL of the TuneFleet API."
+        default="http://127.0.0.1:8000",
+        description="Base URL of the TuneFleet API; several API processes behind one "
+        "database comma-separated (the worker fails over between them).",
     )
     token: str = Field(default="", description="Bearer token with the worker scope.")
     token_file: Path | None = Field(
@@ -138,9 +140,13 @@ class WorkerSettings(BaseSettings):
     @field_validator("service_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {url!r}")
-        return url.rstrip("/")
+        urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("give at least one URL, e.g. http://127.0.0.1:8000")
+        for one in urls:
+            if not one.startswith(("http://", "https://")):
+                raise ValueError(f"must start with http:// or https://, got {one!r}")
+        return ",".join(urls)
 
     def resolved_device(self) -> str:
         return default_device() if self.device == "auto" else self.device

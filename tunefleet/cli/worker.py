@@ -12,7 +12,11 @@ from tunefleet.cli.errors import fail
 
 def worker(
     service: Annotated[
-        str | None, typer.Option(help="URL of the TuneFleet API [TUNEFLEET_SERVICE_URL].")
+        list[str] | None,
+        typer.Option(
+            help="URL of the TuneFleet API; several API processes (repeat the option, or "
+            "comma-separate) for failover [TUNEFLEET_SERVICE_URL, comma-separated]."
+        ),
     ] = None,
     token_file: Annotated[
         Path | None,
@@ -67,7 +71,7 @@ def worker(
     from workers.loop import run_worker_command
 
     code = run_worker_command(
-        service_url=service,
+        service_url=",".join(service) if service else None,
         token_file=token_file,
         device=device,
         max_trials=max_trials,
