@@ -187,15 +187,19 @@ class FleetEnv:
     def start_worker(
         self,
         *args: str,
-        objective: str = "quadratic",
+        objective: str | None = "quadratic",
         epoch_s: float = 0.02,
         name: str = "",
         service_url: str | None = None,
         token: str | None = None,
+        settings: dict[str, object] | None = None,
     ) -> subprocess.Popen:
-        """A real `python -m workers` process running a test objective."""
+        """A real `python -m workers` process running a test objective (None: the trial
+        engine); settings are more TUNEFLEET_* variables."""
         name = name or f"worker-{len(self.workers)}"
-        env = subprocess_env(backoff_base_s=0.1, backoff_max_s=1, poll_interval_max_s=0.5)
+        env = subprocess_env(
+            backoff_base_s=0.1, backoff_max_s=1, poll_interval_max_s=0.5, **(settings or {})
+        )
         env["TF_TEST_EPOCH_S"] = str(epoch_s)
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
@@ -211,8 +215,7 @@ class FleetEnv:
                 name,
                 "--device",
                 "cpu",
-                "--objective",
-                f"tests.workers.objectives:{objective}",
+                *(["--objective", f"tests.workers.objectives:{objective}"] if objective else []),
                 *args,
             ],
             env=env,
