@@ -106,3 +106,21 @@ def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:
         assert positive(variant["images_per_s"]) and positive(variant["trials_per_min"])
         cache = ["miss"] + ["hit"] * (trials - 1) if name.endswith("+cache") else ["off"] * trials
         assert variant["feature_cache_per_trial"] == cache, name
+
+
+def test_packing_reports_pack_and_slots_speedups_and_the_service_cost(tmp_path: Path) -> None:
+    body = run_benchmark(module("packing"), tmp_path)
+    config = body["config"]
+    for arm, trials in (("pack", config["trials"]), ("slots", config["slot_trials"])):
+        assert len(body[arm]) == 2
+        for run in body[arm].values():
+            assert run["trials"] == trials, (arm, run)
+            assert positive(run["trials_per_s"])
+    assert positive(body["pack_speedup"]) and positive(body["slots_speedup"])
+    # The same parameters both ways, and fused trials end where they end alone.
+    assert body["pack_accuracy"]["trials_compared"] == config["trials"]
+    assert body["pack_accuracy"]["max_abs_difference"] <= 1e-4
+    assert body["slots_accuracy"]["trials_compared"] == config["slot_trials"]
+    cost = body["service_cost"]
+    assert cost["single"]["trials"] == cost["batch"]["trials"] == config["cost_trials"]
+    assert positive(cost["ratio_single_over_batch"])
