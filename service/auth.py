@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -40,6 +43,41 @@ _DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 Scope = Literal["admin", "user", "worker"]
+
+log = logging.getLogger("tunefleet.auth")
+
+
+class _LogLimit:
+    """At most ``burst`` lines per ``window_s``; the next line says how many were held back."""
+
+    def __init__(self, burst: int = 20, window_s: float = 60.0) -> None:
+        self.burst, self.window_s = burst, window_s
+        self.lock = threading.Lock()
+        self.start, self.lines, self.held = time.monotonic(), 0, 0
+
+    def take(self) -> int | None:
+        """None: drop this line; else the count held back since the last line written."""
+        with self.lock:
+            now = time.monotonic()
+            if now - self.start >= self.window_s:
+                self.start, self.lines = now, 0
+            if self.lines >= self.burst:
+                self.held += 1
+                return None
+            self.lines += 1
+            held, self.held = self.held, 0
+            return held
+
+
+_FAILED_AUTH_LOG = _LogLimit()
+
+
+def _log_failed(client: str | None, reason: str) -> None:
+    """One line per failed authentication (rate limited); never the token itself."""
+    held = _FAILED_AUTH_LOG.take()
+    if held is not None:
+        more = f" ({held} more not logged)" if held else ""
+        log.warning("failed authentication from %s: %s%s", client or "unknown", reason, more)
 
 
 @dataclass(frozen=True)
@@ -215,8 +253,21 @@ def revoke_token(
     return row
 
 
-def authenticate(session: Session, *, secret: str, authorization: str | None) -> Principal:
-    """The principal behind an `Authorization: Bearer <token>` header; Unauthorized if none."""
+def authenticate(
+    session: Session, *, secret: str, authorization: str | None, client: str | None = None
+) -> Principal:
+    """The principal behind an `Authorization: Bearer <token>` header; Unauthorized if none.
+
+    A refusal is logged with the client's address and the reason, never the token.
+    """
+    try:
+        return _authenticate(session, secret=secret, authorization=authorization)
+    except Unauthorized as error:
+        _log_failed(client, error.message)
+        raise
+
+
+def _authenticate(session: Session, *, secret: str, authorization: str | None) -> Principal:
     if not authorization:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     kind, _, token = authorization.partition(" ")

@@ -79,6 +79,7 @@ def fail_and_requeue(
     lease: Lease,
     reason: str,
     requeue: bool,
+    detail: str | None = None,
 ) -> dict:
     """Fail the lease's trial and, when asked and allowed, re-queue its parameters:
     within the spec's max_retries, never for a stopped study or a spent budget.
@@ -103,6 +104,7 @@ def fail_and_requeue(
         reason=reason,
         requeue=retry,
         worker=lease_worker_attrs(lease),
+        detail=detail,
     )
     if not retry and record.state == StudyState.RUNNING:
         # Failed for good: counted (in SQL, so that concurrent failures add up).

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tunefleet.roots import parse_roots
 
 ENV_PREFIX = "TUNEFLEET_"
+DEFAULT_TOKEN_SECRET = "tunefleet-development-secret"
+MIN_TOKEN_SECRET_CHARS = 32
 
 
 def default_data_dir() -> Path:
@@ -31,7 +36,7 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the API binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API binds to.")
     token_secret: str = Field(
-        default="tunefleet-development-secret",
+        default=DEFAULT_TOKEN_SECRET,
         min_length=8,
         description="Secret mixed into token hashes; set a long random value in production.",
     )
@@ -80,6 +85,21 @@ class Settings(BaseSettings):
     max_attrs_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Largest attrs of one call, as JSON; more is a 413."
     )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `imagefolder:` datasets may lie under, comma-separated; "
+        "a part `{owner}` stands for the study's owner. Empty: no dataset files at all.",
+    )
+    model_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `file:` models and `source_weights` may lie under, "
+        "as data_roots.",
+    )
+    metrics_token: str = Field(
+        default="",
+        description="When set, /metrics answers only 'Authorization: Bearer <this value>'. "
+        "Keep /metrics off the public network either way.",
+    )
     db_pool_size: int = Field(default=10, ge=1, description="Connections kept per API process.")
     db_max_overflow: int = Field(default=20, ge=0, description="Extra connections under load.")
 
@@ -92,6 +112,11 @@ class Settings(BaseSettings):
                 f"not {url.split(':', 1)[0]!r}"
             )
         return url
+
+    @field_validator("data_roots", "model_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> list[str]:
+        return parse_roots(value)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -115,6 +140,24 @@ class Settings(BaseSettings):
 
 class SettingsError(Exception):
     """A setting has a bad value; the message names the environment variable."""
+
+
+def weak_token_secret(secret: str) -> bool:
+    """The development default, or too short to resist guessing."""
+    return secret == DEFAULT_TOKEN_SECRET or len(secret) < MIN_TOKEN_SECRET_CHARS
+
+
+def require_strong_token_secret(settings: Settings) -> None:
+    """SettingsError when a PostgreSQL deployment would hash its tokens with a weak secret.
+
+    SQLite (the single-machine demo) may keep the development default.
+    """
+    if settings.database_url.startswith("postgresql") and weak_token_secret(settings.token_secret):
+        raise SettingsError(
+            f"{ENV_PREFIX}TOKEN_SECRET is the development default or shorter than "
+            f"{MIN_TOKEN_SECRET_CHARS} characters, which cannot protect the tokens of a "
+            "PostgreSQL deployment; make one with `openssl rand -hex 32`"
+        )
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:

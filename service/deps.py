@@ -62,6 +62,7 @@ def get_principal(
         session,
         secret=settings.token_secret,
         authorization=request.headers.get("authorization"),
+        client=request.client.host if request.client else None,
     )
 
 

@@ -75,6 +75,7 @@ def _assignment(
         number=lease.number,
         params=params,
         spec=record.spec,
+        owner=record.owner,
         lease_expires_at=lease.expires_at,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         lease_secret=secret,
@@ -429,7 +430,12 @@ def fail_trial(
         raise _lease_gone(lease)
     record = session.get_one(StudyRecord, lease.study_id)
     lease.outcome = fail_and_requeue(
-        storage=storage, record=record, lease=lease, reason=failure.reason, requeue=requeue
+        storage=storage,
+        record=record,
+        lease=lease,
+        reason=failure.reason,
+        requeue=requeue,
+        detail=failure.detail,
     )
     lease.state = LeaseState.RELEASED if requeue else LeaseState.FAILED
     lease.finished_at = utcnow()

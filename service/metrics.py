@@ -9,6 +9,7 @@ answers, with `tunefleet_database_up 0`.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -29,8 +30,10 @@ from prometheus_client.exposition import generate_latest
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import Unauthorized
 from service.models import STUDY_STATES, StudyRecord
 from service.optuna_store import trial_state_totals
+from service.schemas import error_responses
 
 __all__ = ["SCRAPE_CACHE_S", "StateCollector", "install_metrics"]
 
@@ -154,9 +157,19 @@ router = APIRouter(tags=["health"])
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format 0.0.4"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format 0.0.4"},
+        **error_responses(401),
+    },
 )
 def metrics(request: Request) -> Response:
-    """Request counts and latencies, studies and trials by state, in Prometheus text format."""
+    """Request counts and latencies, studies and trials by state, in Prometheus text format.
+
+    With TUNEFLEET_METRICS_TOKEN set, only `Authorization: Bearer <that token>`."""
+    expected = request.app.state.settings.metrics_token
+    if expected:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            raise Unauthorized("/metrics needs 'Authorization: Bearer <TUNEFLEET_METRICS_TOKEN>'")
     body = generate_latest(request.app.state.metrics_registry)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

@@ -98,6 +98,28 @@ def _upgrade_tunefleet(connection: Connection, url: str) -> None:
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
     connection.commit()
+    if connection.dialect.name == "postgresql":
+        _keep_tokens_private(connection)
+
+
+def _keep_tokens_private(connection: Connection) -> None:
+    """Only the owner reads the token table: a read-only role made before the tables
+    (whose default privileges cover every new table) loses it here, on every migrate."""
+    grantees = connection.execute(
+        sa.text(
+            "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+            "WHERE table_schema = current_schema() AND table_name = 'tf_api_tokens' "
+            "AND grantee <> current_user"
+        )
+    ).scalars()
+    for grantee in ["PUBLIC", *grantees]:
+        name = (
+            grantee
+            if grantee == "PUBLIC"
+            else connection.dialect.identifier_preparer.quote(grantee)
+        )
+        connection.execute(sa.text(f"REVOKE ALL ON tf_api_tokens FROM {name}"))
+    connection.commit()
 
 
 class NotMigrated(TuneFleetError):

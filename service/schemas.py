@@ -70,6 +70,11 @@ class TrialDetail(TrialPublic):
         description="What the worker recorded: robustness components, timings, artifact, ..."
     )
     fail_reason: str | None = Field(None, description="Why a failed trial failed.")
+    fail_detail: str | None = Field(
+        None,
+        description="Admins only: the worker's full account of the failure, with the paths "
+        "and names it found. Always null for other users.",
+    )
 
 
 class TrialsPublic(BaseModel):

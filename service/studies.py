@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from service import optuna_store
 from service.auth import Principal
-from service.errors import Conflict, NotFound
+from service.config import Settings
+from service.errors import Conflict, InvalidSpec, NotFound
 from service.models import StudyRecord, StudyState
 from service.schemas import (
     ObjectivePublic,
@@ -30,10 +31,12 @@ from service.schemas import (
 from service.search import check_server_support
 from service.study_cache import forget_loaded_study
 from service.trials import trial_public
+from tunefleet.roots import PathNotAllowed, resolve_under_roots
 from tunefleet.spec import StudySpec
 
 __all__ = [
     "change_study_state",
+    "check_spec_paths",
     "create_study",
     "delete_study",
     "find_study",
@@ -63,11 +66,47 @@ def optuna_study_name(*, owner: str, name: str) -> str:
     return f"{owner}/{name}"
 
 
+def check_spec_paths(spec: StudySpec, *, owner: str, settings: Settings) -> None:
+    """Every file path of the spec lies under the owner's data or model roots.
+
+    InvalidSpec (422) names the field and what the user wrote; it never says
+    whether the path exists (the API may not even see the workers' disks).
+    """
+    model_scheme, _, model_rest = spec.source_model.partition(":")
+    data_scheme, _, data_rest = spec.dataset.partition(":")
+    checks = [
+        (["dataset"], data_rest, settings.data_roots, "TUNEFLEET_DATA_ROOTS")
+        if data_scheme == "imagefolder"
+        else None,
+        (["source_model"], model_rest, settings.model_roots, "TUNEFLEET_MODEL_ROOTS")
+        if model_scheme == "file"
+        else None,
+        (["source_weights"], spec.source_weights, settings.model_roots, "TUNEFLEET_MODEL_ROOTS")
+        if spec.source_weights is not None
+        else None,
+    ]
+    for path, written, roots, setting in filter(None, checks):
+        try:
+            resolve_under_roots(written, roots, owner=owner, field=path[0], setting=setting)
+        except PathNotAllowed as error:
+            raise InvalidSpec(str(error), path=path) from None
+
+
 def create_study(
-    session: Session, storage: BaseStorage, *, owner: str, spec: StudySpec
+    session: Session,
+    storage: BaseStorage,
+    *,
+    owner: str,
+    spec: StudySpec,
+    settings: Settings | None = None,
 ) -> StudyDetail:
-    """Create a study and its Optuna study; Conflict if the owner has one of that name."""
+    """Create a study and its Optuna study; Conflict if the owner has one of that name.
+
+    With ``settings``, the spec's file paths are checked against its roots first.
+    """
     check_server_support(spec)
+    if settings is not None:
+        check_spec_paths(spec, owner=owner, settings=settings)
     # Our row is committed before Optuna writes and completed after, so no
     # transaction of ours holds a write lock while Optuna's engine writes
     # (SQLite, the demo's database, has a single writer). Until its Optuna study

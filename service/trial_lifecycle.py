@@ -46,6 +46,7 @@ from service.study_cache import LoadedStudy
 __all__ = [
     "ATTR_ARTIFACT",
     "ATTR_DEVICE",
+    "ATTR_FAIL_DETAIL",
     "ATTR_FAIL_REASON",
     "ATTR_PROGRESS",
     "ATTR_RETRIED_AS",
@@ -68,6 +69,7 @@ ATTR_WORKER_ID = "worker_id"
 ATTR_DEVICE = "device"
 ATTR_PROGRESS = "progress"
 ATTR_FAIL_REASON = "fail_reason"
+ATTR_FAIL_DETAIL = "tunefleet:fail_detail"  # a system attribute: admins only
 ATTR_RETRY_OF = "retry_of"
 ATTR_RETRY_COUNT = "retry_count"
 ATTR_RETRIED_AS = "retried_as"
@@ -277,9 +279,12 @@ def fail_leased_trial(
     reason: str,
     requeue: bool = False,
     worker: dict[str, str] | None = None,
+    detail: str | None = None,
 ) -> tuple[FrozenTrial, FrozenTrial | None]:
     """Mark a running trial FAIL with the reason as a user attribute, and with
-    ``requeue`` queue a WAITING trial with its parameters first.
+    ``requeue`` queue a WAITING trial with its parameters first. ``detail`` (the
+    worker's full account, for admins only) is kept as a system attribute, which
+    the owner's views never show.
 
     Returns the trial and its retry. A trial already finished is left as it is
     (with the retry it named, if any): failing twice re-queues once.
@@ -289,6 +294,9 @@ def fail_leased_trial(
         return trial, _retry_of(storage, trial, optuna_study_id)
     retry = None
     user_attrs = {ATTR_FAIL_REASON: reason, **(worker or {})}
+    if detail:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_system_attr(trial_id, ATTR_FAIL_DETAIL, detail)
     if requeue:
         retry = _queue_retry(storage, failed=trial, study_id=optuna_study_id)
         # Lineage both ways; a finished trial's attributes cannot change, so now.

@@ -15,7 +15,7 @@ from service._optuna_internals import trial_id_of
 from service.errors import Conflict, InvalidSpec
 from service.models import Lease, StudyRecord, StudyState
 from service.schemas import LeasePublic, TrialDetail, TrialPublic, TrialsPublic, TrialStateName
-from service.trial_lifecycle import ATTR_ARTIFACT, ATTR_FAIL_REASON
+from service.trial_lifecycle import ATTR_ARTIFACT, ATTR_FAIL_DETAIL, ATTR_FAIL_REASON
 from tunefleet.spec import SpecError, StudySpec, validate_params
 
 __all__ = ["enqueue_trial", "list_trials", "show_trial", "trial_detail", "trial_public"]
@@ -71,14 +71,19 @@ def list_trials(
 
 
 def show_trial(
-    session: Session, storage: BaseStorage, *, record: StudyRecord, number: int
+    session: Session,
+    storage: BaseStorage,
+    *,
+    record: StudyRecord,
+    number: int,
+    as_admin: bool = False,
 ) -> TrialDetail:
-    """Trial `number` of the study in full."""
+    """Trial `number` of the study in full; with ``as_admin`` also the failure's detail."""
     trial = optuna_store.get_trial_by_number(
         storage, optuna_study_id=_optuna_id(record), number=number
     )
     lease = _leases(session, [trial_id_of(trial)]).get(trial_id_of(trial))
-    return trial_detail(trial, spec=_spec(record), lease=lease)
+    return trial_detail(trial, spec=_spec(record), lease=lease, as_admin=as_admin)
 
 
 def enqueue_trial(
@@ -107,8 +112,11 @@ def trial_public(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None = N
     return TrialPublic(**_common(trial, spec=spec, lease=lease))
 
 
-def trial_detail(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) -> TrialDetail:
+def trial_detail(
+    trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None, as_admin: bool = False
+) -> TrialDetail:
     reason = trial.user_attrs.get(ATTR_FAIL_REASON)
+    detail = trial.system_attrs.get(ATTR_FAIL_DETAIL) if as_admin else None
     return TrialDetail(
         **_common(trial, spec=spec, lease=lease),
         intermediate_values={
@@ -116,6 +124,7 @@ def trial_detail(trial: FrozenTrial, *, spec: StudySpec, lease: Lease | None) ->
         },
         user_attrs=_json_safe(trial.user_attrs),
         fail_reason=str(reason) if reason is not None else None,
+        fail_detail=str(detail) if detail is not None else None,
     )
 
 

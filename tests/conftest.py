@@ -30,6 +30,10 @@ from sqlalchemy.engine import make_url
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TUNEFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_TAG = uuid.uuid4().hex[:8]
+# `serve` and `token create` refuse a short or default secret on PostgreSQL; the tests'
+# processes (and the tokens made in this one) share this long one.
+TEST_TOKEN_SECRET = "tests-only-" + "0123456789abcdef" * 3
+os.environ.setdefault("TUNEFLEET_TOKEN_SECRET", TEST_TOKEN_SECRET)
 
 
 def _admin_engine() -> sa.Engine:
@@ -130,6 +134,7 @@ def subprocess_env(**settings: object) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TUNEFLEET_TOKEN_SECRET", TEST_TOKEN_SECRET)
     for key, value in settings.items():
         env[f"TUNEFLEET_{key.upper()}"] = str(value)
     return env

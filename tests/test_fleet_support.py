@@ -192,13 +192,18 @@ class FleetEnv:
         name: str = "",
         service_url: str | None = None,
         token: str | None = None,
-        settings: dict[str, object] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> subprocess.Popen:
-        """A real `python -m workers` process running a test objective (None: the trial
-        engine); settings are more TUNEFLEET_* variables."""
+        """A real `python -m workers` process running a test objective (or, given as
+        module:function, any objective; None: the trial engine), its token in
+        TUNEFLEET_TOKEN as in production."""
         name = name or f"worker-{len(self.workers)}"
         env = subprocess_env(
-            backoff_base_s=0.1, backoff_max_s=1, poll_interval_max_s=0.5, **(settings or {})
+            backoff_base_s=0.1,
+            backoff_max_s=1,
+            poll_interval_max_s=0.5,
+            token=token or self.worker_token,
+            **(settings or {}),
         )
         env["TF_TEST_EPOCH_S"] = str(epoch_s)
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - the child owns it
@@ -209,13 +214,11 @@ class FleetEnv:
                 "workers",
                 "--service",
                 service_url or self.api.url,
-                "--token",
-                token or self.worker_token,
                 "--worker-id",
                 name,
                 "--device",
                 "cpu",
-                *(["--objective", f"tests.workers.objectives:{objective}"] if objective else []),
+                *_objective_args(objective),
                 *args,
             ],
             env=env,
@@ -253,6 +256,15 @@ class FleetEnv:
         for study_id in self.studies:
             self.set_study_state(study_id, "stopped")
         self.studies.clear()
+
+
+def _objective_args(objective: str | None) -> list[str]:
+    if objective is None:
+        return []
+    return [
+        "--objective",
+        objective if ":" in objective else f"tests.workers.objectives:{objective}",
+    ]
 
 
 def _worker_token(database_url: str) -> str:

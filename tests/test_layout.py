@@ -161,9 +161,11 @@ def test_a_running_worker_loads_no_service_module():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), NoWork)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    import os
     import sys
+    os.environ["TUNEFLEET_TOKEN"] = "tf_worker"
     sys.argv[1:] = ["worker", "--service", f"http://127.0.0.1:{server.server_port}",
-                    "--token", "tf_worker", "--device", "cpu", "--idle-exit", "0.5"]
+                    "--device", "cpu", "--idle-exit", "0.5"]
     """
     ) + RUN_CLI.replace('sys.argv = ["tunefleet", *sys.argv[1:]]', "")
     loaded = loaded_top_level_modules(script)

@@ -88,6 +88,11 @@ class Assignment(BaseModel):
         description="The study spec the trial belongs to; the worker validates it with the "
         "same model the API used, so both sides read the same defaults and bounds."
     )
+    owner: str | None = Field(
+        default=None,
+        description="The study's owner: a worker resolves `{owner}` in its data and model "
+        "roots with it.",
+    )
     lease_expires_at: datetime
     heartbeat_interval_s: float = Field(
         default=10.0, description="How often the service expects a heartbeat."
@@ -148,7 +153,17 @@ class TrialCompletion(_Message):
 
 
 class TrialFailure(_Message):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="What the study's owner sees: a short code and a message that names only "
+        "what the spec says.",
+    )
+    detail: str | None = Field(
+        default=None,
+        max_length=8000,
+        description="The full story (paths and names found on the worker); shown to admins only.",
+    )
     requeue: bool | None = Field(
         default=None,
         description="Run these parameters again (within the spec's max_retries). "

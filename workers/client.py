@@ -144,8 +144,17 @@ class ServiceClient:
         response = self._post(f"/trials/{trial_id}/complete", body, trial_id=trial_id)
         return TrialOutcome.model_validate(response.json())
 
-    def fail(self, trial_id: int, *, reason: str, requeue: bool | None = None) -> TrialOutcome:
+    def fail(
+        self,
+        trial_id: int,
+        *,
+        reason: str,
+        requeue: bool | None = None,
+        detail: str | None = None,
+    ) -> TrialOutcome:
         body: dict[str, Any] = {"reason": reason[:2000] or "failed"}
+        if detail:
+            body["detail"] = detail[:8000]
         if requeue is not None:
             body["requeue"] = requeue
         response = self._post(f"/trials/{trial_id}/fail", body, trial_id=trial_id)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tunefleet.roots import parse_roots
 
 DEFAULT_OBJECTIVE = "workers.transfer:run_trial"
 
@@ -63,6 +66,9 @@ class WorkerSettings(BaseSettings):
         default="http://127.0.0.1:8000", description="Base URL of the TuneFleet API."
     )
     token: str = Field(default="", description="Bearer token with the worker scope.")
+    token_file: Path | None = Field(
+        default=None, description="A file holding the token (read when token is empty)."
+    )
     device: str = Field(default="auto", description="cpu, cuda, cuda:N, or auto.")
     worker_id: str | None = Field(default=None, description="Default: hostname-pid-device.")
     cache_dir: Path = Field(
@@ -72,6 +78,21 @@ class WorkerSettings(BaseSettings):
     artifact_dir: Path = Field(
         default_factory=lambda: Path.home() / ".tunefleet" / "artifacts",
         description="Where trial checkpoints are written.",
+    )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `imagefolder:` datasets may lie under (comma-separated; "
+        "`{owner}` stands for the study's owner); the same as the API's.",
+    )
+    model_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories that `file:` models and `source_weights` may lie under.",
+    )
+    dataset_max_files: int = Field(
+        default=200_000, ge=1, description="Most directory entries walked for one dataset."
+    )
+    dataset_max_images: int = Field(
+        default=100_000, ge=1, description="Most images loaded for one dataset."
     )
     max_trials: int | None = Field(
         default=None, ge=1, description="Exit after this many trials (default: never)."
@@ -115,6 +136,11 @@ class WorkerSettings(BaseSettings):
         description="module:function run for each trial, with run_trial's signature. "
         "Only tests change it.",
     )
+
+    @field_validator("data_roots", "model_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> list[str]:
+        return parse_roots(value)
 
     @field_validator("service_url")
     @classmethod

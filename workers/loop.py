@@ -367,15 +367,18 @@ class Worker:
                 log.info("trial %s pruned: %s", trial.trial_id, error)
                 self._note_failure(None)
                 return
-            reason = f"{type(error).__name__}: {error}"
-            self._note_failure(reason)
+            reason, detail = failure_reason(error)
+            self._note_failure(detail)
             if self.same_error_streak > 1:
                 # The traceback was logged with the first of the streak.
-                log.error("trial %s raised again: %s", trial.trial_id, reason)
+                log.error("trial %s failed again: %s", trial.trial_id, detail)
             else:
-                log.error("trial %s raised", trial.trial_id, exc_info=error)
+                log.error("trial %s failed (%s)", trial.trial_id, reason, exc_info=error)
             self._send(
-                lambda: self.client.fail(trial.trial_id, reason=reason, requeue=False), trial
+                lambda: self.client.fail(
+                    trial.trial_id, reason=reason, requeue=False, detail=detail
+                ),
+                trial,
             )
             return
         result = outcome
@@ -473,6 +476,24 @@ def _trials(n: int) -> str:
     return f"{n} trial" if n == 1 else f"{n} trials"
 
 
+def failure_reason(error: BaseException) -> tuple[str, str]:
+    """(what the owner sees, the full detail for the log and admins).
+
+    An engine error carries a ``code`` and a ``public`` message that names only
+    what the spec says; any other exception may hold paths and names found on
+    this worker, so the owner sees only its type.
+    """
+    detail = f"{type(error).__name__}: {error}"
+    code, public = getattr(error, "code", None), getattr(error, "public", None)
+    if isinstance(code, str) and isinstance(public, str):
+        return f"{code}: {public}", detail
+    return (
+        f"worker_error: the trial raised {type(error).__name__} (an admin can read the "
+        "detail in the trial and the worker's log)",
+        detail,
+    )
+
+
 def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:
     """(values, attrs, artifact) of a TrialResult, or of a mapping with the same keys."""
     if isinstance(result, Mapping):
@@ -539,8 +560,14 @@ def run_worker_command(*, warm: bool = False, **options: Any) -> int:
             name = "TUNEFLEET_" + "_".join(str(p) for p in problem["loc"]).upper()
             log.error("bad setting %s: %s", name, problem["msg"])
         return 2
+    if not settings.token and settings.token_file is not None:
+        try:
+            settings.token = settings.token_file.read_text().strip()
+        except OSError as error:
+            log.error("cannot read the token file %s: %s", settings.token_file, error.strerror)
+            return 2
     if not settings.token:
-        log.error("no token: pass --token or set TUNEFLEET_TOKEN (a worker-scope token)")
+        log.error("no token: set TUNEFLEET_TOKEN or pass --token-file PATH (a worker-scope token)")
         return 2
     problem = device_problem(settings.resolved_device())
     if problem is not None:

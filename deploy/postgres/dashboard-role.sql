@@ -14,7 +14,10 @@
 -- trial's state or values by hand, creating or deleting studies). With this role
 -- those features fail with "permission denied"; reading studies, trials,
 -- intermediate values and plots works. The role can read every table in the
--- schema, TuneFleet's own included.
+-- schema but the API tokens (tf_api_tokens): revoked below when the table exists
+-- already, and by `tunefleet migrate` when it creates the table later. The
+-- dashboard shows every owner's studies: give its address only to those who may
+-- see them all.
 
 SELECT 'CREATE ROLE dashboard_ro LOGIN'
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dashboard_ro')
@@ -27,3 +30,12 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO dashboard_ro;
 GRANT USAGE ON SCHEMA public TO dashboard_ro;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO dashboard_ro;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO dashboard_ro;
+
+-- The API tokens' hashes are for the API only.
+DO $$
+BEGIN
+  IF to_regclass('public.tf_api_tokens') IS NOT NULL THEN
+    REVOKE ALL ON public.tf_api_tokens FROM dashboard_ro;
+  END IF;
+END
+$$;

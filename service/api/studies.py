@@ -43,9 +43,12 @@ def create_study(
     storage: StorageDep,
     settings: SettingsDep,
 ) -> StudyDetail:
-    """Create a study from its spec; it starts running (workers get its trials)."""
+    """Create a study from its spec; it starts running (workers get its trials).
+
+    `imagefolder:`, `file:` and `source_weights` paths must lie under the
+    operator's data and model roots (422 otherwise)."""
     quotas.check_new_study(session, principal=user, priority=spec.priority, settings=settings)
-    return studies.create_study(session, storage, owner=user.owner, spec=spec)
+    return studies.create_study(session, storage, owner=user.owner, spec=spec, settings=settings)
 
 
 @router.get("", summary="List studies")

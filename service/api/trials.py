@@ -72,7 +72,7 @@ def show_trial(
 ) -> TrialDetail:
     """One trial in full: intermediate values, user attributes, artifact location."""
     record = studies.find_study(session, principal=user, study_id=study_id)
-    return trials.show_trial(session, storage, record=record, number=number)
+    return trials.show_trial(session, storage, record=record, number=number, as_admin=user.is_admin)
 
 
 @router.post(

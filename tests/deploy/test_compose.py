@@ -117,7 +117,17 @@ def test_worker_leases_from_the_api_with_the_shared_token_on_its_gpu(compose):
     options = dict(zip(command[1::2], command[2::2], strict=True))
     assert options["--service"] == "http://api:8000"
     assert options["--device"] == "cuda:0"
-    assert references(options["--token"]) == [("TUNEFLEET_WORKER_TOKEN", ":?")]
+    # The token is in the environment, not in argv where `ps` shows it.
+    assert "--token" not in command
+    environment = compose["services"]["worker"]["environment"]
+    assert references(environment["TUNEFLEET_TOKEN"]) == [("TUNEFLEET_WORKER_TOKEN", ":?")]
+
+
+def test_no_service_puts_a_worker_token_on_its_command_line(compose):
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        words = command if isinstance(command, list) else command.split()
+        assert "--token" not in words, f"{name} passes --token in argv"
 
 
 def test_worker_has_time_to_finish_its_trial_after_sigterm(compose):

@@ -119,3 +119,36 @@ def test_role_made_after_migration_reads_existing_tables_and_can_be_made_again(
     _run_role_sql(migrated_pg_url)
     _run_role_sql(migrated_pg_url)
     _assert_dashboard_reads_but_cannot_write(migrated_pg_url)
+
+
+def _dashboard_can_read_tokens(database_url: str) -> bool:
+    engine = sa.create_engine(_dashboard_url(database_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT token_hash FROM tf_api_tokens"))
+        return True
+    except sa.exc.ProgrammingError as error:
+        assert "permission denied" in str(error)
+        return False
+    finally:
+        engine.dispose()
+
+
+def test_the_dashboard_role_cannot_read_the_token_table_made_before_migration(
+    pg_url, dashboard_role_cleanup
+):
+    from service.migrate import migrate
+
+    dashboard_role_cleanup.append(pg_url)
+    _run_role_sql(pg_url)
+    migrate(pg_url)
+    assert not _dashboard_can_read_tokens(pg_url)
+    _assert_dashboard_reads_but_cannot_write(pg_url)
+
+
+def test_the_dashboard_role_cannot_read_the_token_table_made_after_migration(
+    migrated_pg_url, dashboard_role_cleanup
+):
+    dashboard_role_cleanup.append(migrated_pg_url)
+    _run_role_sql(migrated_pg_url)
+    assert not _dashboard_can_read_tokens(migrated_pg_url)

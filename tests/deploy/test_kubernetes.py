@@ -124,12 +124,11 @@ def test_worker_holds_one_gpu_per_pod(resources):
     assert worker["args"][worker["args"].index("--device") + 1] == "cuda:0"
 
 
-def test_worker_takes_its_token_from_the_secret(resources):
+def test_worker_takes_its_token_from_the_secret_in_its_environment_not_argv(resources):
     worker = _container(_one(resources, "Deployment", "tunefleet-worker"))
-    token_arg = worker["args"][worker["args"].index("--token") + 1]
-    assert token_arg.startswith("$(") and token_arg.endswith(")")
-    variable = token_arg[2:-1]
-    ref = _env(worker)[variable]["valueFrom"]["secretKeyRef"]
+    assert "--token" not in worker["args"]
+    assert not any("TOKEN" in arg for arg in worker["args"])
+    ref = _env(worker)["TUNEFLEET_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref["key"] == "worker-token"
 
 

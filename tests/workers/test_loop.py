@@ -74,7 +74,7 @@ def test_a_worker_whose_token_is_revoked_stops_with_exit_1_saying_so(fleet_env: 
     assert "Traceback" not in log
 
 
-def test_a_trial_that_raises_is_failed_with_its_message_and_the_worker_goes_on(
+def test_a_trial_that_raises_is_failed_without_its_message_and_the_worker_goes_on(
     fleet_env: FleetEnv,
 ):
     study_id = fleet_env.create_study("raises")
@@ -83,7 +83,13 @@ def test_a_trial_that_raises_is_failed_with_its_message_and_the_worker_goes_on(
     trials = fleet_env.trials(study_id)
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]  # a broken trial is not retried
     for trial in trials:
-        assert trial.user_attrs["fail_reason"] == (
+        # Any exception but the engine's may name what the worker found: the owner sees
+        # its type only; the message goes to the admin-only detail and the worker's log.
+        assert trial.user_attrs["fail_reason"].startswith(
+            "worker_error: the trial raised ValueError"
+        )
+        assert "no such layer" not in trial.user_attrs["fail_reason"]
+        assert trial.system_attrs["tunefleet:fail_detail"] == (
             f"ValueError: no such layer for trial {trial.number}"
         )
 

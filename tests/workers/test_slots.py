@@ -96,7 +96,7 @@ def test_max_trials_is_shared_out_between_the_slots():
 
 def test_slots_out_of_range_is_a_usage_error():
     done = subprocess.run(
-        [sys.executable, "-m", "workers", "--slots", "0", "--token", "x"],
+        [sys.executable, "-m", "workers", "--slots", "0"],
         cwd=REPO_ROOT,
         env=subprocess_env(),
         capture_output=True,

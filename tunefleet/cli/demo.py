@@ -10,6 +10,7 @@ command that opens optuna-dashboard on the same database.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,13 +98,16 @@ def run_demo(
 ) -> dict:
     """Run the demo study to the end and return its final state."""
     from service import auth
-    from service.config import load_settings
+    from service.config import load_settings, weak_token_secret
     from service.db import make_engine, redact_url, session_scope
     from service.migrate import migrate
     from workers.transfer.builtin import load_or_pretrain
 
     overrides = {"data_dir": data_dir, "database_url": database_url}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    if weak_token_secret(settings.token_secret):
+        # A secret for this run only: the demo makes its own tokens and API process.
+        settings.token_secret = secrets.token_hex(32)
     settings.ensure_dirs()
     url = settings.database_url
     cache_dir = settings.data_dir / "cache"
@@ -137,6 +141,9 @@ def run_demo(
             "reaper_interval_s": 2,
             "cache_dir": cache_dir,
             "artifact_dir": settings.artifact_dir,
+            # Files a study may name: datasets and models under the demo's folder only.
+            "data_roots": settings.data_dir / "datasets",
+            "model_roots": settings.data_dir / "models",
         },
         extra_env={"OMP_NUM_THREADS": str(threads)},
     )

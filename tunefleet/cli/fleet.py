@@ -52,12 +52,14 @@ class LocalFleet:
         env.update(self.extra_env)
         return env
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "tunefleet", *args],
-            env=self._env(),
+            env={**self._env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -86,9 +88,11 @@ class LocalFleet:
         raise RuntimeError(f"the API did not become ready; see {self.log_dir / 'api.log'}")
 
     def start_worker(self, index: int, token: str, *extra: str) -> subprocess.Popen:
+        """A worker; its token goes in its environment, never in argv (`ps` shows argv)."""
         return self._spawn(
             f"worker-{index}",
-            ["worker", "--service", self.api_url, "--token", token, *extra],
+            ["worker", "--service", self.api_url, *extra],
+            env={"TUNEFLEET_TOKEN": token},
         )
 
     def workers_alive(self) -> int:

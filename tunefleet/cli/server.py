@@ -51,9 +51,11 @@ def serve(
     with service_errors(database_url_option=database_url is not None):
         import uvicorn
 
+        from service.config import require_strong_token_secret
         from service.migrate import check_database
 
         settings = service_settings(host=host, port=port, database_url=database_url)
+        require_strong_token_secret(settings)
         settings.ensure_dirs()
         check_database(settings.database_url)
         # The app factory reads the environment, also in uvicorn's worker processes.

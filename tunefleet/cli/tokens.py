@@ -56,7 +56,9 @@ def token_create(
         fail(f"--scope must be admin, user or worker, not {scope!r}")
     with _token_session(database_url) as (session, settings):
         from service import auth
+        from service.config import require_strong_token_secret
 
+        require_strong_token_secret(settings)
         lifetime = auth.parse_duration(expires_in) if expires_in else None
         issued = auth.issue_token(
             session,

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from tunefleet.cli.errors import fail
 
 
 def worker(
     service: Annotated[
         str | None, typer.Option(help="URL of the TuneFleet API [TUNEFLEET_SERVICE_URL].")
     ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="A worker-scope token [TUNEFLEET_TOKEN].")
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file holding the worker-scope token [TUNEFLEET_TOKEN_FILE]; "
+            "or set TUNEFLEET_TOKEN. Never on the command line, where `ps` shows it."
+        ),
     ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True)] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N; default auto [TUNEFLEET_DEVICE].")
     ] = None,
@@ -60,11 +68,16 @@ def worker(
     hands the trial back (it is re-queued) and exits at once. A bad setting
     (--device included) is exit 2 before the first lease.
     """
+    if token is not None:
+        fail(
+            "--token is not taken: a token on the command line shows in `ps` to every user of "
+            "the machine. Set TUNEFLEET_TOKEN, or put it in a file and pass --token-file PATH."
+        )
     from workers.loop import run_worker_command
 
     code = run_worker_command(
         service_url=service,
-        token=token,
+        token_file=token_file,
         device=device,
         max_trials=max_trials,
         idle_exit_s=idle_exit,

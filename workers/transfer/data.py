@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workers.transfer.access import FileAccess
 from workers.transfer.errors import DatasetError
 
 # Statistics of sklearn's digits scaled to [0, 1]: the built-in model's normalisation.
@@ -106,29 +108,35 @@ _DATASETS: dict[tuple, Dataset] = {}
 _LOCK = threading.Lock()
 
 
-def load_dataset(uri: str, input_spec: InputSpec) -> Dataset:
-    """The dataset named by `uri`, loaded once per process (per input size for folders)."""
+def load_dataset(uri: str, input_spec: InputSpec, *, access: FileAccess | None = None) -> Dataset:
+    """The dataset named by `uri`, loaded once per process (per input size for folders).
+
+    An `imagefolder:` path must lie under the worker's data roots (`access`, by
+    default this process's TUNEFLEET_* settings); the folder is walked within
+    the access limits before a single image is decoded.
+    """
     if not isinstance(uri, str) or ":" not in uri:
         raise DatasetError(
             f"dataset {uri!r} is not a URI; use builtin:digits-5to9 or imagefolder:<path>"
         )
     scheme, _, rest = uri.partition(":")
     if scheme == "builtin":
-        key: tuple = (uri,)
-    elif scheme == "imagefolder":
-        root = Path(rest).expanduser()
-        key = (uri, input_spec.channels, input_spec.size, _folder_fingerprint(root, uri))
-    else:
+        with _LOCK:
+            if (uri,) not in _DATASETS:
+                _DATASETS[(uri,)] = _load_builtin(uri)
+            return _DATASETS[(uri,)]
+    if scheme != "imagefolder":
         raise DatasetError(
             f"unknown dataset scheme {scheme!r} in {uri!r}; use builtin:digits-5to9 "
             "or imagefolder:<path>"
         )
+    access = access or FileAccess.from_env()
+    root = access.dataset_path(rest, uri)
+    listing = _scan(root, rest, access)
+    key = (uri, str(root), input_spec.channels, input_spec.size, listing.fingerprint())
     with _LOCK:
         if key not in _DATASETS:
-            if scheme == "builtin":
-                _DATASETS[key] = _load_builtin(uri)
-            else:
-                _DATASETS[key] = _load_imagefolder(uri, Path(rest).expanduser(), input_spec)
+            _DATASETS[key] = _load_imagefolder(uri, rest, listing, input_spec)
         return _DATASETS[key]
 
 
@@ -156,56 +164,124 @@ def _load_builtin(uri: str) -> Dataset:
     )
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+@dataclass
+class _Listing:
+    """What one bounded walk of a dataset folder found: folders and image files."""
+
+    root: Path
+    dirs: set[tuple[str, ...]]
+    images: list[tuple[tuple[str, ...], Path, int, int]]  # parts, path, size, mtime_ns
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for parts, _, size, mtime in self.images:
+            digest.update(f"{'/'.join(parts)}:{size}:{mtime}".encode())
+        return digest.hexdigest()
 
 
-def _class_folders(root: Path, uri: str) -> dict[str, list[Path]]:
+def _scan(root: Path, written: str, access: FileAccess) -> _Listing:
+    """Walk the folder, counting every entry against the limit; links must stay in the roots."""
     if not root.is_dir():
-        raise DatasetError(f"{uri}: {root} is not a directory on this worker")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = {p.name: _image_files(p) for p in folders}
-    if not classes:
         raise DatasetError(
-            f"{uri}: {root} has no class folders; put the images of each class in "
-            "<root>/<class name>/ (or <root>/train/<class name>/ ...)"
+            f"dataset: {root} (from {written!r}) is not a directory on this worker",
+            public=f"dataset: no image found under {written!r}",
+            code="dataset_empty",
+        )
+    listing = _Listing(root=root, dirs=set(), images=[])
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    walked = 0
+    while stack:
+        folder, parts = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise DatasetError(
+                f"dataset: cannot list {folder}: {exc}",
+                public=f"dataset: a folder under {written!r} cannot be read on the worker",
+                code="dataset_unreadable",
+            ) from None
+        walked += len(entries)
+        if walked > access.max_files:
+            raise DatasetError(
+                f"dataset: {root} holds more than {access.max_files} entries",
+                public=f"dataset: {written!r} holds more than {access.max_files} files and "
+                "folders, the limit of this fleet (TUNEFLEET_DATASET_MAX_FILES); point it at "
+                "a smaller folder",
+                code="dataset_too_large",
+            )
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not access.inside_data_roots(path):
+                raise DatasetError(
+                    f"dataset: {path} links to {os.path.realpath(path)}, outside the data roots",
+                    public=f"dataset: a link under {written!r} points outside the data roots",
+                    code="path_not_allowed",
+                )
+            child = (*parts, entry.name)
+            if entry.is_dir():
+                listing.dirs.add(child)
+                stack.append((path, child))
+            elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                stat = entry.stat()
+                listing.images.append((child, path, stat.st_size, stat.st_mtime_ns))
+    listing.images.sort()
+    if len(listing.images) > access.max_images:
+        raise DatasetError(
+            f"dataset: {root} holds {len(listing.images)} images",
+            public=f"dataset: {written!r} holds more than {access.max_images} images, the "
+            "limit of this fleet (TUNEFLEET_DATASET_MAX_IMAGES); use a smaller folder",
+            code="dataset_too_large",
+        )
+    return listing
+
+
+def _class_folders(listing: _Listing, base: tuple[str, ...], written: str) -> dict[str, list]:
+    depth = len(base)
+    names = sorted(d[depth] for d in listing.dirs if len(d) == depth + 1 and d[:depth] == base)
+    classes: dict[str, list[Path]] = {name: [] for name in names}
+    for parts, path, _, _ in listing.images:
+        if len(parts) >= depth + 2 and parts[:depth] == base and parts[depth] in classes:
+            classes[parts[depth]].append(path)
+    where = "/".join(base)
+    if not any(classes.values()):
+        raise DatasetError(
+            f"dataset: no image in class folders of {listing.root / where} (found {names[:20]})",
+            public=f"dataset: no image found under {written!r}"
+            + (f" in {where}/" if where else "")
+            + "; put the images of each class in <folder>/<class name>/ "
+            "(or <folder>/train/<class name>/ ...)",
+            code="dataset_empty",
         )
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise DatasetError(
-            f"{uri}: class folder(s) {', '.join(empty)} in {root} hold no images "
-            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folders"
+            f"dataset: class folder(s) {', '.join(empty)} in {listing.root / where} hold no images",
+            public=f"dataset: {len(empty)} class folder(s) under {written!r} hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folders",
+            code="dataset_empty",
         )
     return classes
 
 
-def _folder_fingerprint(root: Path, uri: str) -> str:
-    if not root.is_dir():
-        raise DatasetError(f"{uri}: {root} is not a directory on this worker")
-    digest = hashlib.sha256()
-    for path in _image_files(root):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def _load_imagefolder(uri: str, root: Path, spec: InputSpec) -> Dataset:
+def _load_imagefolder(uri: str, written: str, listing: _Listing, spec: InputSpec) -> Dataset:
     """<root>/<class>/* split here, or <root>/{train,val,test}/<class>/* as given."""
-    if (root / "train").is_dir():
-        train = _class_folders(root / "train", uri)
+    if ("train",) in listing.dirs:
+        train = _class_folders(listing, ("train",), written)
         given = {
-            name: _class_folders(root / alias, uri)
+            name: _class_folders(listing, (alias,), written)
             for name, aliases in (("val", ("val", "validation")), ("test", ("test",)))
             for alias in aliases
-            if (root / alias).is_dir()
+            if (alias,) in listing.dirs
         }
         for name, folders in given.items():
             if set(folders) != set(train):
                 raise DatasetError(
                     f"{uri}: the classes of {name}/ ({sorted(folders)}) differ from those of "
-                    f"train/ ({sorted(train)}); every split needs the same class folders"
+                    f"train/ ({sorted(train)})",
+                    public=f"dataset: under {written!r}, {name}/ and train/ hold different "
+                    "class folders; every split needs the same class folders",
                 )
         classes = tuple(sorted(train))
         splits = {"train": _files_and_labels(train, classes)}
@@ -215,7 +291,7 @@ def _load_imagefolder(uri: str, root: Path, spec: InputSpec) -> Dataset:
         if missing:
             # Carve the missing splits out of train/, per class, with the fixed seed.
             files, labels = splits["train"]
-            _check_class_sizes(uri, classes, labels, need=1 + len(missing))
+            _check_class_sizes(written, classes, labels, need=1 + len(missing))
             tr, va, te = stratified_split(
                 labels,
                 val_fraction=VAL_FRACTION if "val" in missing else 0.0,
@@ -226,10 +302,10 @@ def _load_imagefolder(uri: str, root: Path, spec: InputSpec) -> Dataset:
                 splits[name] = ([files[i] for i in carved[name]], labels[carved[name]])
             splits["train"] = ([files[i] for i in tr], labels[tr])
     else:
-        folders = _class_folders(root, uri)
+        folders = _class_folders(listing, (), written)
         classes = tuple(sorted(folders))
         files, labels = _files_and_labels(folders, classes)
-        _check_class_sizes(uri, classes, labels, need=3)
+        _check_class_sizes(written, classes, labels, need=3)
         tr, va, te = stratified_split(
             labels, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION
         )
@@ -239,11 +315,12 @@ def _load_imagefolder(uri: str, root: Path, spec: InputSpec) -> Dataset:
         }
     if len(classes) < 2:
         raise DatasetError(
-            f"{uri}: found one class ({classes[0]}); classification needs at least two "
-            "class folders"
+            f"{uri}: found one class ({classes[0]})",
+            public=f"dataset: found one class folder under {written!r}; classification "
+            "needs at least two class folders",
         )
     loaded = {
-        name: _read_images(uri, files, labels, spec) for name, (files, labels) in splits.items()
+        name: _read_images(written, files, labels, spec) for name, (files, labels) in splits.items()
     }
     return Dataset(
         uri=uri,
@@ -251,7 +328,7 @@ def _load_imagefolder(uri: str, root: Path, spec: InputSpec) -> Dataset:
         train=loaded["train"],
         val=loaded["val"],
         test=loaded["test"],
-        fingerprint=f"{uri}#{_folder_fingerprint(root, uri)}",
+        fingerprint=f"{uri}#{listing.root}#{listing.fingerprint()}",
     )
 
 
@@ -263,18 +340,21 @@ def _files_and_labels(
     return files, labels
 
 
-def _check_class_sizes(uri: str, classes: tuple[str, ...], labels: np.ndarray, need: int) -> None:
+def _check_class_sizes(
+    written: str, classes: tuple[str, ...], labels: np.ndarray, need: int
+) -> None:
     counts = np.bincount(labels, minlength=len(classes))
     small = [f"{classes[i]} ({c})" for i, c in enumerate(counts) if c < need]
     if small:
         raise DatasetError(
-            f"{uri}: class(es) {', '.join(small)} have fewer than {need} images; each class "
-            "needs at least one image in every split (add images, or provide train/, val/ "
-            "and test/ folders)"
+            f"dataset {written!r}: class(es) {', '.join(small)} have fewer than {need} images",
+            public=f"dataset: {len(small)} class folder(s) under {written!r} have fewer than "
+            f"{need} images; each class needs at least one image in every split (add images, "
+            "or provide train/, val/ and test/ folders)",
         )
 
 
-def _read_images(uri: str, files: list[Path], labels: np.ndarray, spec: InputSpec) -> Split:
+def _read_images(written: str, files: list[Path], labels: np.ndarray, spec: InputSpec) -> Split:
     """Decode, resize (shorter side) and centre-crop to the model's input size, as uint8."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import v2
@@ -286,10 +366,13 @@ def _read_images(uri: str, files: list[Path], labels: np.ndarray, spec: InputSpe
         try:
             with Image.open(path) as image:
                 array = np.asarray(image.convert(mode), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
             raise DatasetError(
-                f"{uri}: cannot decode {path} ({exc}); remove or replace the file"
-            ) from exc
+                f"dataset: cannot decode {path} ({exc})",
+                public=f"dataset: an image under {written!r} cannot be decoded; remove or "
+                "replace the files that are not images",
+                code="dataset_unreadable",
+            ) from None
         tensor = torch.from_numpy(array.copy())
         tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         out[i] = resize(tensor)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from workers.transfer import builtin
+from workers.transfer.access import FileAccess
 from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, InputSpec
 from workers.transfer.errors import SourceModelError
 from workers.transfer.weights import StateDict, load_weights, state_dict_hash
@@ -52,8 +53,14 @@ _SOURCES: dict[tuple, SourceModel] = {}
 _LOCK = threading.Lock()
 
 
-def load_source_model(uri: str, *, weights: str | None, cache_dir: Path) -> SourceModel:
-    """The source model named by `uri` (and `weights` for torchvision), cached per process."""
+def load_source_model(
+    uri: str, *, weights: str | None, cache_dir: Path, access: FileAccess | None = None
+) -> SourceModel:
+    """The source model named by `uri` (and `weights` for torchvision), cached per process.
+
+    A `file:` path and `weights` must lie under the worker's model roots (`access`,
+    by default this process's TUNEFLEET_* settings); checked before they are opened.
+    """
     if not isinstance(uri, str) or ":" not in uri:
         raise SourceModelError(
             f"source model {uri!r} is not a URI; use builtin:digits-cnn, "
@@ -68,9 +75,15 @@ def load_source_model(uri: str, *, weights: str | None, cache_dir: Path) -> Sour
                 f"{uri} needs source_weights: the path of a local .safetensors or .pt state "
                 "dict on the worker (TuneFleet never downloads weights)"
             )
-        key = (uri, *_file_key(Path(weights)))
+        access = access or FileAccess.from_env()
+        path = access.model_path(weights, "source_weights")
+        shown = weights
+        key = (uri, *_file_key(path, shown))
     elif scheme == "file":
-        key = (uri, *_file_key(Path(rest)))
+        access = access or FileAccess.from_env()
+        path = access.model_path(rest, "source_model")
+        shown = rest
+        key = (uri, *_file_key(path, shown))
     else:
         raise SourceModelError(
             f"unknown source model scheme {scheme!r} in {uri!r}; use builtin:, torchvision: "
@@ -81,21 +94,22 @@ def load_source_model(uri: str, *, weights: str | None, cache_dir: Path) -> Sour
             if scheme == "builtin":
                 _SOURCES[key] = _load_builtin(uri, Path(cache_dir))
             elif scheme == "torchvision":
-                state, _ = load_weights(Path(weights))  # type: ignore[arg-type]
+                state, _ = load_weights(path, shown=shown)
                 _SOURCES[key] = _from_torchvision(uri, rest, state)
             else:
-                _SOURCES[key] = _load_file(uri, Path(rest))
+                _SOURCES[key] = _load_file(uri, path, shown)
         return _SOURCES[key]
 
 
-def _file_key(path: Path) -> tuple:
-    path = path.expanduser()
+def _file_key(path: Path, shown: str) -> tuple:
     if not path.is_file():
         raise SourceModelError(
-            f"weights file {path} does not exist on this worker; copy it there or fix the path"
+            f"weights file {path} does not exist on this worker",
+            public=f"no weights file {shown!r} on the worker; copy it there or fix the path",
+            code="weights_missing",
         )
     stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _load_builtin(uri: str, cache_dir: Path) -> SourceModel:
@@ -107,8 +121,8 @@ def _load_builtin(uri: str, cache_dir: Path) -> SourceModel:
     return _from_digits_cnn(uri, state, digest)
 
 
-def _load_file(uri: str, path: Path) -> SourceModel:
-    state, metadata = load_weights(path)
+def _load_file(uri: str, path: Path, shown: str) -> SourceModel:
+    state, metadata = load_weights(path, shown=shown)
     arch = metadata.get("arch") or metadata.get("tunefleet.arch")
     if arch is None and _matches(builtin.DigitsCNN(), state):
         arch = builtin.ARCH
@@ -116,11 +130,14 @@ def _load_file(uri: str, path: Path) -> SourceModel:
         return _from_digits_cnn(uri, state, state_dict_hash(state))
     if arch and arch.startswith("torchvision:"):
         return _from_torchvision(uri, arch.partition(":")[2], state)
-    raise SourceModelError(
-        f"cannot tell the architecture of {path}: "
-        + (f"its metadata names {arch!r}; " if arch else "")
+    advice = (
+        (f"its metadata names {arch!r}; " if arch else "")
         + "save it with metadata {'arch': 'torchvision:<name>'} (or 'builtin:digits-cnn'), "
         "or use source_model torchvision:<name> with source_weights pointing to the file"
+    )
+    raise SourceModelError(
+        f"cannot tell the architecture of {path}: {advice}",
+        public=f"cannot tell the architecture of {shown!r}: {advice}",
     )
 
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from tunefleet.protocol import Assignment
 from tunefleet.spec import Compression, SpecError, StudySpec
+from workers.transfer.access import FileAccess
 from workers.transfer.compress import compress, count_params, latency_ms, size_mb
 from workers.transfer.data import Dataset, load_dataset, to_float
 from workers.transfer.errors import ParamError
@@ -83,10 +84,15 @@ class PreparedTrial:
 
 
 def prepare_trial(
-    assignment: Assignment | Mapping[str, Any], *, device: str = "cpu", cache_dir: Path
+    assignment: Assignment | Mapping[str, Any],
+    *,
+    device: str = "cpu",
+    cache_dir: Path,
+    access: FileAccess | None = None,
 ) -> PreparedTrial:
     """Validate the assignment, load its source model and dataset, build its model
-    (head initialised from the trial's seed)."""
+    (head initialised from the trial's seed). `access` holds the data and model roots
+    and the dataset limits; by default this process's TUNEFLEET_* settings."""
     started = time.perf_counter()
     assignment = _validated(assignment)
     spec, number = assignment.spec, assignment.number
@@ -105,10 +111,11 @@ def prepare_trial(
     )
     cfg.validate()
 
+    access = access or FileAccess.from_env(owner=getattr(assignment, "owner", None))
     source = load_source_model(
-        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir)
+        spec.source_model, weights=spec.source_weights, cache_dir=Path(cache_dir), access=access
     )
-    data = load_dataset(spec.dataset, source.input_spec)
+    data = load_dataset(spec.dataset, source.input_spec, access=access)
     loaded = time.perf_counter()
 
     torch.manual_seed(cfg.seed)  # head initialisation and dropout
@@ -125,6 +132,7 @@ def run_trial(
     cache_dir: Path,
     artifact_dir: Path,
     feature_cache: FeatureCache | None = FEATURES,
+    access: FileAccess | None = None,
 ) -> TrialResult:
     """Fine-tune and score one trial of the assignment's study.
 
@@ -132,9 +140,10 @@ def run_trial(
     Calls `report(epoch, val_accuracy)` after each epoch (epochs count from 1) and
     raises TrialPruned when it returns True; raises a
     TransferError subclass (with what to fix) for a bad spec, file or dataset.
-    Pass feature_cache=None to recompute frozen features in every batch.
+    Pass feature_cache=None to recompute frozen features in every batch; `access`
+    as in prepare_trial.
     """
-    trial = prepare_trial(assignment, device=device, cache_dir=cache_dir)
+    trial = prepare_trial(assignment, device=device, cache_dir=cache_dir, access=access)
     fit = fine_tune(
         trial.model,
         trial.data,

@@ -33,12 +33,19 @@ def _looks_like_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < header_len < path.stat().st_size
 
 
-def load_weights(path: str | Path) -> tuple[StateDict, dict[str, str]]:
-    """Load a state dict and its string metadata from a safetensors or PyTorch file."""
+def load_weights(path: str | Path, *, shown: str | None = None) -> tuple[StateDict, dict[str, str]]:
+    """Load a state dict and its string metadata from a safetensors or PyTorch file.
+
+    ``shown`` is how the user wrote the path: the public part of an error names
+    only that, the detail names the file on this worker.
+    """
     path = Path(path).expanduser()
+    shown = repr(shown if shown is not None else str(path))
     if not path.is_file():
         raise SourceModelError(
-            f"weights file {path} does not exist on this worker; copy it there or fix the path"
+            f"weights file {path} does not exist on this worker",
+            public=f"no weights file {shown} on the worker; copy it there or fix the path",
+            code="weights_missing",
         )
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         try:
@@ -46,26 +53,35 @@ def load_weights(path: str | Path) -> tuple[StateDict, dict[str, str]]:
                 metadata = dict(f.metadata() or {})
                 tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
         except Exception as exc:
-            raise SourceModelError(f"{path} is not a readable safetensors file: {exc}") from exc
+            raise SourceModelError(
+                f"{path} is not a readable safetensors file: {exc}",
+                public=f"{shown} is not a readable safetensors file",
+                code="weights_unreadable",
+            ) from exc
         return tensors, metadata
-    return _load_torch_file(path)
+    return _load_torch_file(path, shown)
 
 
-def _load_torch_file(path: Path) -> tuple[StateDict, dict[str, str]]:
+def _load_torch_file(path: Path, shown: str) -> tuple[StateDict, dict[str, str]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # Keep torch's line that names the refused global; drop its advice to unpickle fully.
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln]
         reason = lines[0] if lines else type(exc).__name__
+        advice = (
+            "it is a pickle that holds more than tensors, and loading it could run code"
+            f" ({reason}). Save only the weights, with torch.save(model.state_dict(), path) "
+            "or safetensors.torch.save_file."
+        )
         raise UnsafeWeightsError(
-            f"{path} refused: it is a pickle that holds more than tensors, and loading it "
-            f"could run code ({reason}). Save only the weights, with "
-            "torch.save(model.state_dict(), path) or safetensors.torch.save_file."
+            f"{path} refused: {advice}", public=f"{shown} refused: {advice}"
         ) from None
     except Exception as exc:
         raise SourceModelError(
-            f"cannot read {path} as a safetensors file or a PyTorch state dict: {exc}"
+            f"cannot read {path} as a safetensors file or a PyTorch state dict: {exc}",
+            public=f"cannot read {shown} as a safetensors file or a PyTorch state dict",
+            code="weights_unreadable",
         ) from exc
     metadata: dict[str, str] = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -73,15 +89,14 @@ def _load_torch_file(path: Path) -> tuple[StateDict, dict[str, str]]:
         metadata = {k: str(v) for k, v in obj.items() if isinstance(v, str | int | float)}
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
-        raise SourceModelError(
-            f"{path} holds a {type(obj).__name__}, not a state dict; save "
-            "model.state_dict() instead of the model"
-        )
+        advice = f"holds a {type(obj).__name__}, not a state dict; save model.state_dict()"
+        raise SourceModelError(f"{path} {advice}", public=f"{shown} {advice}")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise SourceModelError(
-            f"{path} is not a plain state dict (entries {bad[:3]} are not name -> tensor); "
-            "save model.state_dict()"
+            f"{path} is not a plain state dict (entries {bad[:3]} are not name -> tensor)",
+            public=f"{shown} is not a plain state dict (some entries are not name -> "
+            "tensor); save model.state_dict()",
         )
     return dict(obj), metadata
 

@@ -74,3 +74,11 @@ def reports() -> tuple[list[tuple[int, float]], Callable[[int, float], bool]]:
         return False
 
     return seen, report
+
+
+@pytest.fixture(autouse=True)
+def file_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The engine reads files only under its roots: the test's own folder is both."""
+    monkeypatch.setenv("TUNEFLEET_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("TUNEFLEET_MODEL_ROOTS", str(tmp_path))
+    return tmp_path
