@@ -187,7 +187,7 @@ class FleetEnv:
     def start_worker(
         self,
         *args: str,
-        objective: str = "quadratic",
+        objective: str | None = "quadratic",
         epoch_s: float = 0.02,
         name: str = "",
         service_url: str | None = None,
@@ -195,7 +195,8 @@ class FleetEnv:
         settings: dict[str, Any] | None = None,
     ) -> subprocess.Popen:
         """A real `python -m workers` process running a test objective (or, given as
-        module:function, any objective), its token in TUNEFLEET_TOKEN as in production."""
+        module:function, any objective; None: the trial engine), its token in
+        TUNEFLEET_TOKEN as in production."""
         name = name or f"worker-{len(self.workers)}"
         env = subprocess_env(
             backoff_base_s=0.1,
@@ -217,8 +218,7 @@ class FleetEnv:
                 name,
                 "--device",
                 "cpu",
-                "--objective",
-                objective if ":" in objective else f"tests.workers.objectives:{objective}",
+                *_objective_args(objective),
                 *args,
             ],
             env=env,
@@ -256,6 +256,15 @@ class FleetEnv:
         for study_id in self.studies:
             self.set_study_state(study_id, "stopped")
         self.studies.clear()
+
+
+def _objective_args(objective: str | None) -> list[str]:
+    if objective is None:
+        return []
+    return [
+        "--objective",
+        objective if ":" in objective else f"tests.workers.objectives:{objective}",
+    ]
 
 
 def _worker_token(database_url: str) -> str:

@@ -126,6 +126,13 @@ class WorkerSettings(BaseSettings):
         description="Trials leased at once (one study); head-only ones of the same head shape "
         "train fused on the cached features.",
     )
+    slots: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Trials run at once on the device, each in a worker process of its own "
+        "(for trials that cannot fuse: unfrozen blocks, augmentation).",
+    )
     objective: str = Field(
         default=DEFAULT_OBJECTIVE,
         description="module:function run for each trial, with run_trial's signature. "

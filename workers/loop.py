@@ -588,6 +588,10 @@ def run_worker_command(*, warm: bool = False, **options: Any) -> int:
         from workers.transfer.builtin import warm_cache
 
         warm_cache(settings.cache_dir)
+    if settings.slots > 1:
+        from workers.slots import run_slots
+
+        return run_slots(settings)
     try:
         run_worker(settings)
     except Rejected as error:

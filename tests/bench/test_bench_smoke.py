@@ -124,3 +124,21 @@ def test_backbones_reports_throughput_and_cache_speedup_per_model(tmp_path: Path
             assert positive(figures[trial]["images_per_s"]), trial
             assert positive(figures[trial]["peak_mb"]), trial
         assert positive(figures["feature_cache_speedup"])
+
+
+def test_packing_reports_pack_and_slots_speedups_and_the_service_cost(tmp_path: Path) -> None:
+    body = run_benchmark(module("packing"), tmp_path)
+    config = body["config"]
+    for arm, trials in (("pack", config["trials"]), ("slots", config["slot_trials"])):
+        assert len(body[arm]) == 2
+        for run in body[arm].values():
+            assert run["trials"] == trials, (arm, run)
+            assert positive(run["trials_per_s"])
+    assert positive(body["pack_speedup"]) and positive(body["slots_speedup"])
+    # The same parameters both ways, and fused trials end where they end alone.
+    assert body["pack_accuracy"]["trials_compared"] == config["trials"]
+    assert body["pack_accuracy"]["max_abs_difference"] <= 1e-4
+    assert body["slots_accuracy"]["trials_compared"] == config["slot_trials"]
+    cost = body["service_cost"]
+    assert cost["single"]["trials"] == cost["batch"]["trials"] == config["cost_trials"]
+    assert positive(cost["ratio_single_over_batch"])

@@ -48,6 +48,15 @@ def worker(
             "head shape train fused [TUNEFLEET_PACK].",
         ),
     ] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Run N trials at once on the device, each slot a worker process of its "
+            "own (trials that cannot fuse); on a GPU, run CUDA MPS [TUNEFLEET_SLOTS].",
+        ),
+    ] = None,
     warm: Annotated[
         bool,
         typer.Option("--warm", help="Pretrain the built-in source model before the first lease."),
@@ -57,7 +66,7 @@ def worker(
         typer.Option(hidden=True, help="module:function run instead of the trial engine (tests)."),
     ] = None,
 ) -> None:
-    """Run one worker: lease trials, fine-tune, report. One process per GPU.
+    """Run one worker: lease trials, fine-tune, report. One process per GPU (--slots N: N).
 
     A first SIGTERM/SIGINT finishes the current trial and exits; a second one
     hands the trial back (it is re-queued) and exits at once. A bad setting
@@ -78,6 +87,7 @@ def worker(
         idle_exit_s=idle_exit,
         worker_id=worker_id,
         pack=pack,
+        slots=slots,
         objective=objective,
         warm=warm,
     )
