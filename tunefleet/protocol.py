@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunefleet.spec import StudySpec
 
@@ -199,9 +199,17 @@ class TrialOutcome(BaseModel):
 
     trial_id: int
     number: int
-    state: Literal["COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"]
+    state: Literal["complete", "fail", "pruned", "running", "waiting"] = Field(
+        description="The trial's state, in lowercase as everywhere in the API."
+    )
     values: dict[str, float] | None = None
     reason: str | None = None
     retry_trial_id: int | None = Field(
-        default=None, description="The WAITING trial that re-runs these parameters, if any."
+        default=None, description="The waiting trial that re-runs these parameters, if any."
     )
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _lowercase(cls, state: object) -> object:
+        # Optuna's state names (and answers kept on leases) are in capitals.
+        return state.lower() if isinstance(state, str) else state

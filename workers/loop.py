@@ -404,7 +404,7 @@ class Worker:
                 "trial %s %s %s",
                 trial.trial_id,
                 outcome.state,
-                outcome.values if outcome.state == "COMPLETE" else outcome.reason,
+                outcome.values if outcome.state == "complete" else outcome.reason,
             )
 
     def _reporter(self, trial: _RunningTrial) -> Callable[[int, float], bool]:

@@ -51,7 +51,7 @@ def test_a_batch_is_trials_of_one_study_each_with_its_own_lease_and_secret(fleet
         assert call(client, a, "heartbeat", {}).json()["stop"] is False
         assert call(client, a, "intermediate", {"step": 1, "value": 0.5}).status_code == 200
         done = call(client, a, "complete", {"values": {"accuracy": 0.9}})
-        assert done.status_code == 200 and done.json()["state"] == "COMPLETE"
+        assert done.status_code == 200 and done.json()["state"] == "complete"
         failed = call(client, b, "fail", {"reason": "worker interrupted"})
         assert failed.json()["retry_trial_id"] is not None
     rows = fleet_env.leases(batch[0]["study_id"])

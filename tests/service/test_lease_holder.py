@@ -88,7 +88,7 @@ def test_calls_without_the_lease_secret_or_from_another_token_are_404(fleet_env:
             json={"values": {"accuracy": 0.5}},
             headers={"X-Lease-Secret": secret},
         )
-    assert done.status_code == 200 and done.json()["state"] == "COMPLETE"
+    assert done.status_code == 200 and done.json()["state"] == "complete"
 
 
 def test_a_second_worker_token_cannot_touch_a_real_workers_trial(fleet_env: FleetEnv):
@@ -134,7 +134,7 @@ def test_values_out_of_their_metric_range_are_422(fleet_env: FleetEnv):
             assert error(answer)["path"] == ["values", metric]
         assert fleet_env.trial(trial_id).state.name == "RUNNING"
         ok = client.post(url, json={"values": {"accuracy": 1.0, "latency_ms": 0.0}})
-    assert ok.status_code == 200 and ok.json()["state"] == "COMPLETE"
+    assert ok.status_code == 200 and ok.json()["state"] == "complete"
 
 
 def test_a_non_finite_intermediate_value_fails_the_trial_with_the_reason(fleet_env: FleetEnv):

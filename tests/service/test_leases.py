@@ -137,7 +137,7 @@ def test_complete_twice_is_the_same_answer_and_other_values_are_409(fleet_env: F
         other = client.post(f"/trials/{trial_id}/complete", json={"values": {"accuracy": 0.7}})
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
-    assert first.json()["state"] == "COMPLETE"
+    assert first.json()["state"] == "complete"
     assert first.json()["values"] == {"accuracy": 0.75}
     assert other.status_code == 409
     trial = fleet_env.trial(trial_id)
@@ -172,7 +172,7 @@ def test_complete_with_nan_fails_the_trial_with_a_reason(fleet_env: FleetEnv):
         first = client.post(f"/trials/{trial_id}/complete", content=body, headers=headers)
         again = client.post(f"/trials/{trial_id}/complete", content=body, headers=headers)
     assert first.status_code == again.status_code == 200, first.text
-    assert first.json()["state"] == "FAIL"
+    assert first.json()["state"] == "fail"
     assert "non-finite" in first.json()["reason"]
     assert again.json() == first.json()
     trial = fleet_env.trial(trial_id)
@@ -190,7 +190,7 @@ def test_fail_requeues_a_trial_the_worker_let_go_of_but_not_a_broken_one(fleet_e
         outcome = client.post(
             f"/trials/{released['trial_id']}/fail", json={"reason": "worker interrupted"}
         ).json()
-    assert outcome["state"] == "FAIL"
+    assert outcome["state"] == "fail"
     retry = fleet_env.trial(outcome["retry_trial_id"])
     assert retry.state.name == "WAITING"
     assert retry.user_attrs["retry_of"] == released["number"]

@@ -44,7 +44,7 @@ def test_a_result_survives_connection_errors_and_503_until_accepted():
     )
     started = time.monotonic()
     outcome = client_for(transport).complete(7, values={"accuracy": 0.9}, attrs={"k": 1})
-    assert outcome.state == "COMPLETE"
+    assert outcome.state == "complete"
     assert len(calls) == 4
     # Retry-After is honoured (0.2 s) even though the backoff alone would be shorter.
     assert time.monotonic() - started >= 0.2

@@ -89,7 +89,7 @@ def _complete(api: LiveApi, assignment: dict, value: float) -> None:
         headers={"X-Lease-Secret": assignment["lease_secret"]},
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json()["state"] == "COMPLETE"
+    assert answer.json()["state"] == "complete"
 
 
 def _ghosts(api: LiveApi) -> list[tuple]:
