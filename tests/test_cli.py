@@ -116,3 +116,34 @@ def test_token_create_with_a_bad_expiry_says_how_to_write_one(migrated_pg_url):
     assert result.returncode == 1
     assert "e.g. 30d or 12h" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_token_create_takes_its_value_from_an_environment_variable(migrated_pg_url):
+    value = "tf_" + "v" * 40
+    made = run_cli(
+        "token",
+        "create",
+        "--scope",
+        "worker",
+        "--owner",
+        "pool",
+        "--value-env",
+        "TUNEFLEET_POOL_TOKEN",
+        database_url=migrated_pg_url,
+        pool_token=value,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().splitlines()[-1] == value
+    missing = run_cli(
+        "token",
+        "create",
+        "--scope",
+        "worker",
+        "--owner",
+        "pool",
+        "--value-env",
+        "NOT_SET_HERE",
+        database_url=migrated_pg_url,
+    )
+    assert missing.returncode == 1
+    assert "NOT_SET_HERE" in missing.stderr and "not set" in missing.stderr

@@ -81,7 +81,7 @@ def test_migrate_runs_once_then_registers_the_worker_token(compose):
     steps = [s.strip() for s in text.split("&&")]
     assert steps[0].endswith("tunefleet migrate")
     assert re.search(
-        r"tunefleet token create --scope worker --owner \S+ --value \"?\$\$TUNEFLEET_WORKER_TOKEN",
+        r"tunefleet token create --scope worker --owner \S+ --value-env TUNEFLEET_WORKER_TOKEN\b",
         steps[1],
     ), steps[1]
     assert "TUNEFLEET_WORKER_TOKEN" in migrate["environment"]

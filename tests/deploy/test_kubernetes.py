@@ -176,7 +176,9 @@ def test_migrate_job_migrates_then_registers_the_worker_token(resources):
     container = _container(job)
     script = " ".join(container["command"] + container["args"])
     assert script.startswith("/bin/sh -c tunefleet migrate &&")
-    assert 'token create --scope worker --owner fleet --value "$TUNEFLEET_WORKER_TOKEN"' in script
+    # The token comes from the environment: on the command line `ps` would show it.
+    assert "token create --scope worker --owner fleet --value-env TUNEFLEET_WORKER_TOKEN" in script
+    assert "$TUNEFLEET_WORKER_TOKEN" not in script
     assert _env(container)["TUNEFLEET_WORKER_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == (
         "worker-token"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,6 +42,13 @@ def token_create(
         str | None,
         typer.Option(help="Register this token instead of generating one (for deployments)."),
     ] = None,
+    value_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the token held in this environment variable: as --value, "
+            "without the token on the command line (where `ps` shows it)."
+        ),
+    ] = None,
     expires_in: Annotated[
         str | None,
         typer.Option(help="Lifetime, e.g. 30d, 12h or 2w; by default it never expires."),
@@ -54,6 +62,12 @@ def token_create(
     """Create a token; it is printed alone on the last line, and stored only as a hash."""
     if scope not in ("admin", "user", "worker"):
         fail(f"--scope must be admin, user or worker, not {scope!r}")
+    if value_env is not None:
+        if value is not None:
+            fail("give --value or --value-env, not both")
+        value = os.environ.get(value_env)
+        if not value:
+            fail(f"--value-env {value_env}: that environment variable is not set or empty")
     with _token_session(database_url) as (session, settings):
         from service import auth
         from service.config import require_strong_token_secret
