@@ -7,9 +7,8 @@ for a single lease, so the budget holds exactly: 16 workers asking for 16 each
 never start more than ``max_trials``. WAITING trials (retries, enqueued) go out
 first, then new ones; each new trial is sampled on the study as it stands with
 the earlier ones of the batch in it as RUNNING, so the sampler's constant liar
-sees them. The lease rows of the batch are written in one commit; a trial asked
-before the process died has no lease and the reaper fails it
-(service/reaper.py: orphaned running trials).
+sees them. The batch's trials (Optuna's rows, service/handout.py) and their
+leases are written in one transaction: a failure anywhere leaves none of them.
 
 Each trial gets its own lease and lease secret: every later call (heartbeat,
 intermediate, complete, fail) stays per trial (service/leasing.py). Asking
@@ -34,10 +33,11 @@ from service.auth import Principal
 from service.budget import study_budget
 from service.config import Settings
 from service.fair_share import running_trials_by_owner, studies_in_turn
+from service.handout import start_trial
 from service.lease_holder import new_lease_secret
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, study_of
-from service.trial_lifecycle import ask_leased_trial, get_frozen_trial
+from service.trial_lifecycle import get_frozen_trial
 from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
 
 __all__ = ["lease_trials"]
@@ -175,7 +175,8 @@ def _lease_batch(
         while len(asked) < wanted:
             if used >= budget.max_trials or (started >= budget.attempts_cap() and waiting == 0):
                 break
-            trial = ask_leased_trial(entry, trials)
+            # Uncommitted, as the leases: the batch's trials and leases commit together.
+            trial = start_trial(session, entry, trials)
             if any(t.number == trial.number and t.state == TrialState.WAITING for t in trials):
                 waiting -= 1  # a re-queued or enqueued trial, claimed
             # The sampler of the next one sees this one RUNNING (the constant liar).

@@ -53,8 +53,15 @@ class Faults:
         self._before(_conn, None, "COMMIT", None, None, False)
 
     @contextmanager
-    def installed(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
-        real = lease_routes.leasing.lease_trial
+    def installed(
+        self, monkeypatch: pytest.MonkeyPatch, *, batch: bool = False
+    ) -> Iterator[Faults]:
+        module, name = (
+            (lease_routes.batch_leasing, "lease_trials")
+            if batch
+            else (lease_routes.leasing, "lease_trial")
+        )
+        real = getattr(module, name)
 
         def traced(*args, **kwargs):
             self.local.in_lease = True
@@ -63,7 +70,7 @@ class Faults:
             finally:
                 self.local.in_lease = False
 
-        monkeypatch.setattr(lease_routes.leasing, "lease_trial", traced)
+        monkeypatch.setattr(module, name, traced)
         for engine in self.engines:
             event.listen(engine, "before_cursor_execute", self._before)
             event.listen(engine, "commit", self._commit)
@@ -165,6 +172,50 @@ def test_a_fault_at_any_step_of_a_lease_leaves_no_ghost(
     assert _ghosts(live_api) == []
     shown = live_api.as_("alice").get(f"/api/v1/studies/{study['id']}").json()
     assert shown["state"] == "completed"
+
+
+def test_a_fault_at_any_step_of_a_batch_lease_leaves_no_ghost(
+    live_api: LiveApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults = Faults(live_api)
+    budget = 160  # more than the batch path's statements, two trials a batch
+    study = create_study(live_api.as_("alice"), budget={"max_trials": budget})
+    completed: list[int] = []
+
+    def batch(worker_id: str):
+        return live_api.as_(WORKER).post(
+            "/api/v1/leases/batch", json={"worker_id": worker_id, "device": "cpu", "count": 2}
+        )
+
+    with faults.installed(monkeypatch, batch=True):
+        # Batch k fails at its k-th statement, until a batch runs fewer statements than k.
+        for step in itertools.count(1):
+            worker_id = f"b-{step}"
+            faults.arm(step)
+            answer = batch(worker_id)
+            fired = faults.fired
+            assert answer.status_code in (201, 503), (step, answer.text)
+            if answer.status_code == 503:
+                assert fired
+                assert _ghosts(live_api) == [], f"fault at statement {step}"
+                faults.arm(None)
+                answer = batch(worker_id)  # the worker asks again
+            assert answer.status_code == 201, answer.text
+            for assignment in answer.json()["assignments"]:
+                _complete(live_api, assignment, 0.1 + step / 100)
+                completed.append(assignment["trial_id"])
+            if not fired:
+                break
+        assert step > 5, "the batch path runs more statements than that"
+        faults.arm(None)
+        while (answer := batch("b-rest")).status_code == 201:
+            for assignment in answer.json()["assignments"]:
+                _complete(live_api, assignment, 0.9)
+                completed.append(assignment["trial_id"])
+    assert answer.status_code == 204, answer.text
+    assert len(completed) == len(set(completed)) == budget
+    assert _states(live_api, study) == {"COMPLETE": budget}
+    assert _ghosts(live_api) == []
 
 
 def test_a_lease_whose_answer_was_lost_is_given_again(
