@@ -98,3 +98,13 @@ def test_using_it_runs_as_written_in_order(api_server, tmp_path: Path):
     assert "created study digits-transfer" in out
     assert "study digits-transfer is stopped" in out
     assert "pretraining builtin:digits-cnn once" in err
+
+
+def test_the_spec_shown_in_the_readme_is_valid():
+    from tunefleet.spec import StudySpec
+
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index("```yaml", text.index("## The study spec")) + len("```yaml")
+    spec = StudySpec.from_text(text[start : text.index("```", start)])
+    assert spec.warm_start is not None and spec.warm_start.top_k == 5
+    assert [o.metric for o in spec.objectives] == ["accuracy", "robustness"]
