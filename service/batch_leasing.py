@@ -21,43 +21,25 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import timedelta
 
 import sqlalchemy as sa
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
-from service._optuna_internals import trial_id_of
 from service.auth import Principal
 from service.budget import study_budget
 from service.config import Settings
 from service.fair_share import running_trials_by_owner, studies_in_turn
 from service.handout import start_trial
-from service.lease_holder import new_lease_secret
-from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
+from service.lease_rows import held_leases, open_leases, renew_leases
+from service.models import StudyRecord, StudyState
 from service.study_cache import LoadedStudy, study_of
-from service.trial_lifecycle import get_frozen_trial
 from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
 
 __all__ = ["lease_trials"]
 
 log = logging.getLogger(__name__)
-
-
-def _assignment(
-    lease: Lease, record: StudyRecord, params: dict, settings: Settings, secret: str
-) -> Assignment:
-    return Assignment(
-        trial_id=lease.trial_id,
-        study_id=lease.study_id,
-        number=lease.number,
-        params=params,
-        spec=record.spec,
-        lease_expires_at=lease.expires_at,
-        heartbeat_interval_s=settings.heartbeat_interval_s,
-        lease_secret=secret,
-    )
 
 
 def lease_trials(
@@ -110,29 +92,10 @@ def _held_again(
     holder: Principal | None,
 ) -> list[Assignment]:
     """The active leases of this worker and token, renewed with new secrets."""
-    token_id = holder.token_id if holder is not None else None
-    held = session.scalars(
-        sa.select(Lease)
-        .where(
-            Lease.worker_id == worker_id,
-            Lease.state == LeaseState.ACTIVE,
-            Lease.token_id.is_(None) if token_id is None else Lease.token_id == token_id,
-        )
-        .order_by(Lease.trial_id)
-        .limit(MAX_BATCH_LEASE)
-        .with_for_update()
-    ).all()
+    held = held_leases(session, worker_id=worker_id, holder=holder, limit=MAX_BATCH_LEASE)
     if not held:
         return []
-    now = utcnow()
-    answers = []
-    for lease in held:
-        lease.heartbeat_at = now
-        lease.expires_at = now + timedelta(seconds=settings.grace_period_s)
-        record = session.get_one(StudyRecord, lease.study_id)
-        params = get_frozen_trial(storage, lease.trial_id).params
-        secret = new_lease_secret(lease, holder)
-        answers.append(_assignment(lease, record, params, settings, secret))
+    answers = renew_leases(session, held, storage=storage, settings=settings, holder=holder)
     session.commit()
     return answers
 
@@ -191,22 +154,14 @@ def _lease_batch(
                 record.state = StudyState.COMPLETED
             session.commit()
             return []
-        now = utcnow()
-        answers = []
-        for trial in asked:
-            lease = Lease(
-                trial_id=trial_id_of(trial),
-                study_id=record.id,
-                number=trial.number,
-                worker_id=worker_id,
-                device=device,
-                state=LeaseState.ACTIVE,
-                leased_at=now,
-                heartbeat_at=now,
-                expires_at=now + timedelta(seconds=settings.grace_period_s),
-            )
-            secret = new_lease_secret(lease, holder)
-            session.add(lease)
-            answers.append(_assignment(lease, record, trial.params, settings, secret))
+        answers = open_leases(
+            session,
+            record,
+            asked,
+            worker_id=worker_id,
+            device=device,
+            settings=settings,
+            holder=holder,
+        )
         session.commit()
         return answers

@@ -30,14 +30,14 @@ import sqlalchemy as sa
 from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
-from service._optuna_internals import trial_id_of
 from service.auth import Principal
 from service.budget import fail_and_requeue, lease_worker_attrs, settle_study, study_budget
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.fair_share import studies_in_turn
 from service.handout import start_trial
-from service.lease_holder import check_completion, check_holder, new_lease_secret
+from service.lease_holder import check_completion, check_holder
+from service.lease_rows import held_leases, open_leases, renew_leases
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, study_of
 from service.trial_lifecycle import (
@@ -64,22 +64,6 @@ log = logging.getLogger(__name__)
 _STOPPING_STUDY_STATES = (StudyState.PAUSED, StudyState.STOPPED, StudyState.FAILED)
 
 
-def _assignment(
-    lease: Lease, record: StudyRecord, params: dict, settings: Settings, secret: str
-) -> Assignment:
-    return Assignment(
-        trial_id=lease.trial_id,
-        study_id=lease.study_id,
-        number=lease.number,
-        params=params,
-        spec=record.spec,
-        owner=record.owner,
-        lease_expires_at=lease.expires_at,
-        heartbeat_interval_s=settings.heartbeat_interval_s,
-        lease_secret=secret,
-    )
-
-
 # Leasing -------------------------------------------------------------------
 
 
@@ -99,28 +83,12 @@ def lease_trial(
 
     `holder` is the token asking (None: an in-process caller); a lease held under
     the same worker_id by another token is not this worker's."""
-    token_id = holder.token_id if holder is not None else None
-    held = session.scalars(
-        sa.select(Lease)
-        .where(
-            Lease.worker_id == worker_id,
-            Lease.state == LeaseState.ACTIVE,
-            Lease.token_id.is_(None) if token_id is None else Lease.token_id == token_id,
-        )
-        .order_by(Lease.leased_at.desc())
-        .limit(1)
-        .with_for_update()
-    ).first()
-    if held is not None:
+    held = held_leases(session, worker_id=worker_id, holder=holder, limit=1)
+    if held:
         # The answer to an earlier lease was lost: the same lease again.
-        now = utcnow()
-        held.heartbeat_at = now
-        held.expires_at = now + timedelta(seconds=settings.grace_period_s)
-        record = session.get_one(StudyRecord, held.study_id)
-        params = get_frozen_trial(storage, held.trial_id).params
-        secret = new_lease_secret(held, holder)  # the first answer, and its secret, were lost
+        (answer,) = renew_leases(session, held, storage=storage, settings=settings, holder=holder)
         session.commit()
-        return _assignment(held, record, params, settings, secret)
+        return answer
     for record in studies_in_turn(
         session, settings=settings, holder=holder, warm=frozenset(warm_backbones)
     ):
@@ -179,22 +147,17 @@ def _lease_from_study(
             session.commit()
             return None
         trial = start_trial(session, entry, trials)  # uncommitted, as the lease
-        now = utcnow()
-        lease = Lease(
-            trial_id=trial_id_of(trial),
-            study_id=record.id,
-            number=trial.number,
+        (answer,) = open_leases(
+            session,
+            record,
+            [trial],
             worker_id=worker_id,
             device=device,
-            state=LeaseState.ACTIVE,
-            leased_at=now,
-            heartbeat_at=now,
-            expires_at=now + timedelta(seconds=settings.grace_period_s),
+            settings=settings,
+            holder=holder,
         )
-        secret = new_lease_secret(lease, holder)
-        session.add(lease)
         session.commit()
-        return _assignment(lease, record, trial.params, settings, secret)
+        return answer
 
 
 # The calls on a leased trial ------------------------------------------------

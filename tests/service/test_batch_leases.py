@@ -44,6 +44,8 @@ def test_a_batch_is_trials_of_one_study_each_with_its_own_lease_and_secret(fleet
         assert batch[0]["study_id"] in (first, second)
         assert len({a["trial_id"] for a in batch}) == 5
         assert len({a["lease_secret"] for a in batch}) == 5
+        # Each carries its study's owner, as a single lease does (data roots per owner).
+        assert {a["owner"] for a in batch} == {"fleet-tests"}
         assert len({tuple(sorted(a["params"].items())) for a in batch}) == 5
         a, b = batch[0], batch[1]
         # Every later call is per trial, with that trial's secret only.

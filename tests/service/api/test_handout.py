@@ -224,16 +224,17 @@ def test_a_lease_whose_answer_was_lost_is_given_again(
     """Committed, then the answer never reached the worker (a 503 after the commit):
     the same worker_id asking again gets that trial, not a second one."""
     study = create_study(live_api.as_("alice"), budget={"max_trials": 1})
-    real = lease_routes.leasing._assignment
+    real = lease_routes.leasing.lease_trial
     calls = []
 
     def lost(*args, **kwargs):
+        answer = real(*args, **kwargs)  # committed
         calls.append(1)
         if len(calls) == 1:
             raise DatabaseUnavailable("the answer was lost")
-        return real(*args, **kwargs)
+        return answer
 
-    monkeypatch.setattr(lease_routes.leasing, "_assignment", lost)
+    monkeypatch.setattr(lease_routes.leasing, "lease_trial", lost)
     assert _lease(live_api, "w-lost").status_code == 503
     again = _lease(live_api, "w-lost")
     assert again.status_code == 201, again.text
