@@ -142,3 +142,23 @@ def test_packing_reports_pack_and_slots_speedups_and_the_service_cost(tmp_path: 
     cost = body["service_cost"]
     assert cost["single"]["trials"] == cost["batch"]["trials"] == config["cost_trials"]
     assert positive(cost["ratio_single_over_batch"])
+
+
+def test_soak_loses_and_duplicates_nothing_through_api_kills_and_a_database_stop(
+    tmp_path: Path,
+) -> None:
+    body = run_benchmark(module("soak"), tmp_path)
+    assert body["duplicated"] == body["lost"] == body["orphans"] == 0, body["duplicated_detail"]
+    assert body["invariants_hold"] is True
+    # The faults happened: an API process killed and back, the database stopped and back.
+    events = [event["event"] for event in body["events"]]
+    assert "API process SIGKILL" in events and "API up" in events
+    assert any(event.startswith("database stop") for event in events) and "database up" in events
+    assert body["handed_out"] >= body["completed"] > 0
+    assert body["studies_by_state"].get("completed", 0) > 0
+    assert positive(body["failovers"])
+    for minute in body["lease_latency_per_minute"]:
+        assert positive(minute["p50_ms"]) and minute["p99_ms"] >= minute["p50_ms"]
+    for process in ("victim", "witness"):
+        assert positive(body["api_rss_mb"][process]["start"])
+        assert positive(body["api_rss_mb"][process]["end"])
