@@ -34,7 +34,7 @@ from service.fair_share import running_trials_by_owner, studies_in_turn
 from service.handout import start_trial
 from service.lease_rows import held_leases, open_leases, renew_leases
 from service.models import StudyRecord, StudyState
-from service.study_cache import LoadedStudy, study_of
+from service.study_cache import LoadedStudy, forget_loaded_study, study_of
 from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
 
 __all__ = ["lease_trials"]
@@ -150,9 +150,12 @@ def _lease_batch(
             asked.append(trial)
         if not asked:
             spent = used >= budget.max_trials or (started >= budget.attempts_cap() and waiting == 0)
-            if spent and counts["RUNNING"] == 0:
+            finished = spent and counts["RUNNING"] == 0
+            if finished:
                 record.state = StudyState.COMPLETED
             session.commit()
+            if finished:
+                forget_loaded_study(record.id)
             return []
         answers = open_leases(
             session,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service._optuna_internals import trial_id_of
 from service.models import Lease, StudyRecord, StudyState, utcnow
-from service.study_cache import study_of
+from service.study_cache import forget_loaded_study, study_of
 from service.trial_lifecycle import (
     ATTR_DEVICE,
     ATTR_WORKER_ID,
@@ -147,3 +147,6 @@ def _finish(session: Session, study_id: int, state: StudyState) -> None:
         .values(state=state, updated_at=utcnow())
     )
     session.commit()
+    # A finished study hands out nothing more: free its Study objects now rather than
+    # when the cache's least-recently-used rule reaches them (a later call reloads them).
+    forget_loaded_study(study_id)

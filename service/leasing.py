@@ -39,7 +39,7 @@ from service.handout import start_trial
 from service.lease_holder import check_completion, check_holder
 from service.lease_rows import held_leases, open_leases, renew_leases
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
-from service.study_cache import LoadedStudy, study_of
+from service.study_cache import LoadedStudy, forget_loaded_study, study_of
 from service.trial_lifecycle import (
     complete_leased_trial,
     fail_leased_trial,
@@ -142,9 +142,12 @@ def _lease_from_study(
         if used >= budget.max_trials or (
             started >= budget.attempts_cap() and counts["WAITING"] == 0
         ):
-            if counts["RUNNING"] == 0:
+            finished = counts["RUNNING"] == 0
+            if finished:
                 record.state = StudyState.COMPLETED
             session.commit()
+            if finished:
+                forget_loaded_study(record.id)
             return None
         trial = start_trial(session, entry, trials)  # uncommitted, as the lease
         (answer,) = open_leases(

@@ -303,3 +303,27 @@ def test_median_pruner_prunes_a_poor_trial_and_the_decision_sticks(fleet_env: Fl
     assert pruned.state.name == "PRUNED"
     assert math.isclose(pruned.value, 0.1)
     assert fleet_env.states(study_id) == {"COMPLETE": 2, "PRUNED": 1, "RUNNING": 1}
+
+
+def test_a_finished_study_leaves_the_loaded_study_cache(fleet_env: FleetEnv):
+    """A completed study hands out nothing more: the process that settles it frees its
+    Study objects at once instead of keeping them until the cache's LRU rule reaches them."""
+    import optuna
+
+    from service.budget import settle_study
+    from service.db import session_scope
+    from service.models import StudyRecord
+    from service.study_cache import _loaded_studies, study_of
+
+    study_id = fleet_env.create_study("cache-free", budget={"max_trials": 1, "epochs": 1})
+    with session_scope(fleet_env.engine) as session:
+        study_of(fleet_env.storage, session.get_one(StudyRecord, study_id))  # as a lease does
+    assert any(key[1] == study_id for key in _loaded_studies)
+    # Its one trial done (here directly in Optuna, so that this process settles it).
+    study = optuna.load_study(study_name="fleet-tests.cache-free", storage=fleet_env.storage)
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    with session_scope(fleet_env.engine) as session:
+        settle_study(session, storage=fleet_env.storage, study_id=study_id)
+    with session_scope(fleet_env.engine) as session:
+        assert session.get_one(StudyRecord, study_id).state == "completed"
+    assert not any(key[1] == study_id for key in _loaded_studies)
