@@ -14,19 +14,39 @@ be copied or mounted on GPU nodes without it:
 Offline (`HF_HUB_OFFLINE=1`, or `TUNEFLEET_OFFLINE=1`) only the cache is read; a
 miss raises WeightsNotCached, one line naming the model and the prefetch command.
 
-`unfreeze_blocks` counts the model's stages from the top: for torchvision the
-stages of sources.py (ResNet layers, RegNet blocks, the `features` of
-MobileNet/EfficientNet/ConvNeXt/VGG); for timm the children of its stage
-container (`stages`, `blocks`, `layer1..N`, `s1..N`), the modules before it being
-the stem and those after it the pooling, when the model's forward is that chain
-(ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet families). A model whose
-forward is not a chain (ViT and other transformers with token or position
-embeddings) is one stage: unfreeze_blocks >= 1 trains all of it.
+`unfreeze_blocks` counts blocks from the top. For torchvision a block is a stage
+of sources.py (ResNet layers, RegNet blocks, the `features` of
+MobileNet/EfficientNet/ConvNeXt/VGG). For timm it is one of timm's own coarse
+parameter groups (`model.group_matcher(coarse=True)` through
+`timm.models.group_parameters`): the stem first, then each stage (ResNet,
+ConvNeXt, EfficientNet, MobileNet, RegNet, Swin) or each transformer block
+(ViT, DeiT, CaiT), whatever the model's forward looks like. The old classifier
+is gone (`num_classes=0`); whatever timm leaves unmatched between the blocks
+and the classifier (ConvNeXt's `head.norm`, ViT's `fc_norm`, MobileNetV3's
+`conv_head`) trains with the top block, as timm itself joins a final norm to
+the last block (ViT's `norm`, EfficientNet's `conv_head`/`bn2`): a new head
+reads features the top block's training is meant to adapt.
+
+How a timm model runs its frozen part depends on its forward:
+
+- a chain of its children (ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet,
+  Swin: `timm_stages` finds the stem, the children of the stage container
+  `stages`, `blocks`, `layers` or `layer1..N`/`s1..N`, and the rest), whose
+  stages are exactly timm's groups: each block is a stage, so the frozen
+  prefix's output is cached by the frozen-feature cache and only the top stages
+  run in training;
+- anything else (ViT and other transformers with token or position
+  embeddings, Inception): the model stays one module and the parameters of its
+  frozen groups get `requires_grad=False`, their modules staying in eval mode.
+  Head-only trials (`unfreeze_blocks` 0) still train on cached features; with
+  one block or more the whole model runs in every step and only the resized,
+  normalised input is cached.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import socket
@@ -180,6 +200,56 @@ def timm_stages(model: nn.Module) -> tuple[list[nn.Module], nn.Module] | None:
     return stages, post
 
 
+def timm_blocks(model: nn.Module) -> list[list[str]]:
+    """Names of the model's parameters in timm's coarse groups, bottom block first.
+
+    Names the model's matcher leaves unmatched join the top block (module docstring);
+    a model without a `group_matcher` is one block.
+    """
+    from timm.models import group_parameters
+
+    names = [name for name, _ in model.named_parameters()]
+    try:
+        matcher = model.group_matcher(coarse=True)
+    except (AttributeError, NotImplementedError):
+        return [names] if names else []
+    groups = group_parameters(model, _unmatched_to_top(matcher))
+    return [groups[i] for i in sorted(groups)]
+
+
+def _unmatched_to_top(matcher):
+    """The matcher with every unmatched name in the top group instead of a group of its own.
+
+    timm's MATCH_PREV_GROUP suffix puts a name in the group before it (how its own
+    matchers join a final norm to the last block); unmatched names sort last, so the
+    group before them is the top block.
+    """
+    from timm.models._manipulate import MATCH_PREV_GROUP
+
+    if isinstance(matcher, dict):
+        # Entries are tried in order: this catch-all only takes what the others leave.
+        return {**matcher, "unmatched": [(r".*", MATCH_PREV_GROUP)]}
+
+    def matched(name: str) -> tuple[float, ...]:
+        ordinal = matcher(name)
+        key = tuple(ordinal) if isinstance(ordinal, tuple | list) else (ordinal,)
+        return (math.inf, *MATCH_PREV_GROUP) if math.isinf(key[0]) else key
+
+    return matched
+
+
+def stages_are_blocks(
+    model: nn.Module, stages: list[nn.Module], post: nn.Module, blocks: list[list[str]]
+) -> bool:
+    """Whether each stage holds exactly one block's parameters (post's with the top one)."""
+    by_name = dict(model.named_parameters())
+    expected = [{id(by_name[name]) for name in block} for block in blocks]
+    held = [{id(p) for p in stage.parameters()} for stage in stages]
+    if held:
+        held[-1] |= {id(p) for p in post.parameters()}
+    return held == expected
+
+
 # torchvision ------------------------------------------------------------------
 
 
@@ -307,6 +377,8 @@ __all__ = [
     "offline",
     "param_bytes",
     "prefetch",
+    "stages_are_blocks",
+    "timm_blocks",
     "timm_input",
     "timm_stages",
     "torch_checkpoints",

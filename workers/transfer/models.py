@@ -5,11 +5,17 @@ A backbone is a sequence of stages (stem, blocks, ...) followed by `post`
 `unfreeze_blocks = k` trains the last k stages (and `post`); the frozen ones
 keep their batch-norm statistics (they stay in eval mode even in `train()`),
 so their output does not depend on the trial and can be cached.
+
+A backbone that is not a chain of stages (a timm ViT) is one stage whose
+parameters come in blocks (`blocks`, names bottom first): `unfreeze_blocks = k`
+trains the parameters of its top k blocks, and its modules whose parameters are
+all frozen stay in eval mode. Only the head-only model (k = 0) has a frozen
+trunk whose output can be cached; with k >= 1 the whole stage runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -90,7 +96,8 @@ def build_head(
 
 
 class TransferModel(nn.Module):
-    """adapter -> stages -> post -> head; the first `cut` trunk modules are frozen."""
+    """adapter -> stages -> post -> head; the first `cut` trunk modules are frozen,
+    and with `blocks` the lower blocks of the one stage."""
 
     def __init__(
         self,
@@ -100,25 +107,47 @@ class TransferModel(nn.Module):
         head: nn.Module,
         *,
         unfreeze_blocks: int,
+        blocks: Sequence[Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
+        if blocks is not None and len(stages) != 1:
+            raise ValueError(f"blocks divide one stage; got {len(stages)} stages")
         self.adapter = adapter
         self.stages = nn.ModuleList(stages)
         self.post = post
         self.head = head
-        k = max(0, min(int(unfreeze_blocks), len(stages)))
-        self.unfrozen_stages = k
-        # The trunk is stages + [post]; post trains with the last stage.
-        self.cut = len(stages) - k if k > 0 else len(stages) + 1
+        self.num_blocks = len(blocks) if blocks is not None else len(stages)
+        k = max(0, min(int(unfreeze_blocks), self.num_blocks))
+        self.unfrozen_stages = k  # blocks trained, whichever kind they are
+        self._frozen_parts: list[nn.Module] = []
+        if k == 0:
+            self.cut = len(stages) + 1  # the trunk is stages + [post], all frozen
+        elif blocks is None:
+            self.cut = len(stages) - k  # post trains with the last stage
+        else:
+            self.cut = 0
+            self._freeze_blocks(stages[0], blocks[: len(blocks) - k])
         for module in self.frozen_modules():
             module.requires_grad_(False)
         self.train()
+
+    def _freeze_blocks(self, stage: nn.Module, frozen: Sequence[Sequence[str]]) -> None:
+        names = {name for block in frozen for name in block}
+        for name, param in stage.named_parameters():
+            if name in names:
+                param.requires_grad_(False)
+        # Modules with frozen parameters only, e.g. a frozen block and its norms and dropouts.
+        self._frozen_parts = [
+            module
+            for module in stage.modules()
+            if (params := list(module.parameters())) and not any(p.requires_grad for p in params)
+        ]
 
     def trunk(self) -> list[nn.Module]:
         return [*self.stages, self.post]
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.adapter, *self.trunk()[: self.cut]]
+        return [self.adapter, *self.trunk()[: self.cut], *self._frozen_parts]
 
     def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)

@@ -34,7 +34,12 @@ DIGITS_INPUT = InputSpec(channels=1, size=8, mean=(DIGITS_MEAN,), std=(DIGITS_ST
 
 @dataclass
 class SourceModel:
-    """A pretrained backbone split into stages; `backbone()` gives a fresh copy."""
+    """A pretrained backbone split into stages; `backbone()` gives a fresh copy.
+
+    `blocks` is None when each stage is a block that `unfreeze_blocks` counts; for a
+    timm model that is not a chain (one stage, the whole model) it holds the names of
+    that stage's parameters in each block, bottom first (backbones.timm_blocks).
+    """
 
     uri: str
     arch: str
@@ -43,6 +48,7 @@ class SourceModel:
     feature_dim: int
     _stages: nn.ModuleList
     _post: nn.Module
+    blocks: tuple[tuple[str, ...], ...] | None = None
 
     def backbone(self) -> tuple[list[nn.Module], nn.Module]:
         stages, post = copy.deepcopy((self._stages, self._post))
@@ -51,6 +57,11 @@ class SourceModel:
     @property
     def num_stages(self) -> int:
         return len(self._stages)
+
+    @property
+    def num_blocks(self) -> int:
+        """What `unfreeze_blocks` counts: the blocks, or the stages when each is a block."""
+        return len(self.blocks) if self.blocks is not None else len(self._stages)
 
 
 _SOURCES: OrderedDict[tuple, SourceModel] = OrderedDict()
@@ -157,11 +168,18 @@ def _load_timm(uri: str, name: str, weights: str, cache_dir: Path) -> SourceMode
         ) from None
     model = backbones.load_timm(uri, name, weights=weights, cache_dir=cache_dir)
     input_spec = backbones.timm_input(model)
+    blocks = backbones.timm_blocks(model)
     split = backbones.timm_stages(model)
-    if split is None or not _chain_matches(model, *split, input_spec):
-        stages, post = [copy.deepcopy(model)], nn.Flatten(1)
-    else:
+    if (
+        split is not None
+        and backbones.stages_are_blocks(model, *split, blocks)
+        and _chain_matches(model, *split, input_spec)
+    ):
         stages, post = split
+        groups = None
+    else:
+        stages, post = [copy.deepcopy(model)], nn.Flatten(1)
+        groups = tuple(tuple(block) for block in blocks)
     return SourceModel(
         uri=uri,
         arch=f"timm:{name}",
@@ -170,6 +188,7 @@ def _load_timm(uri: str, name: str, weights: str, cache_dir: Path) -> SourceMode
         feature_dim=_feature_width(model, input_spec),
         _stages=nn.ModuleList(stages),
         _post=post,
+        blocks=groups,
     )
 
 

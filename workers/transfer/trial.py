@@ -60,6 +60,7 @@ def build_model(source: SourceModel, data: Dataset, params: dict[str, Any]) -> T
         post,
         head,
         unfreeze_blocks=params["unfreeze_blocks"],
+        blocks=source.blocks,
     )
 
 
@@ -265,7 +266,7 @@ def _fit_attrs(fit: FitResult, source: SourceModel, data: Dataset, model: Transf
         "precision": fit.precision,
         "source_hash": source.content_hash,
         "source_model": source.uri,
-        "backbone_stages": source.num_stages,
+        "backbone_stages": source.num_blocks,
         "unfrozen_stages": model.unfrozen_stages,
         "num_classes": data.num_classes,
         "train_size": len(data.train),

@@ -42,7 +42,7 @@ def test_timm_pretrained_comes_from_the_hub_cache_with_its_data_config(caches):
     assert source.input_spec.mean == (0.5, 0.5, 0.5)
     assert source.input_spec.crop_pct == pytest.approx(0.95)
     assert source.feature_dim == 96  # read from the model's output, no table
-    assert source.num_stages == 5  # stem + layer1..4: unfreeze_blocks counts these
+    assert source.num_blocks == 5  # stem + layer1..4: unfreeze_blocks counts these
     assert f"timm:{TIMM_MODEL}" in sources.warm_backbones()
 
 
