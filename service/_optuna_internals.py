@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -141,18 +141,26 @@ def insert_trial_row(session: Session, study_id: int) -> FrozenTrial:
     )
 
 
-def claim_waiting_row(session: Session, study_id: int) -> tuple[int, datetime] | None:
+def claim_waiting_row(
+    session: Session, study_id: int, prefer: Sequence[int] = ()
+) -> tuple[int, datetime] | None:
     """The study's first WAITING trial set RUNNING in `session` (not committed):
-    (its id, its start), or None. Rows another transaction holds are skipped, so
+    (its id, its start), or None. Those of `prefer` (trial ids) that are still
+    WAITING go first, oldest first. Rows another transaction holds are skipped, so
     two claims never get one trial (Optuna's `_pop_waiting_trial_id`, in the
     caller's transaction)."""
-    row = session.scalars(
+    waiting = (
         sa.select(TrialModel)
         .where(TrialModel.study_id == study_id, TrialModel.state == TrialState.WAITING)
         .order_by(TrialModel.trial_id)
         .limit(1)
         .with_for_update(skip_locked=True)
-    ).first()
+    )
+    row = None
+    if prefer:
+        row = session.scalars(waiting.where(TrialModel.trial_id.in_(list(prefer)))).first()
+    if row is None:
+        row = session.scalars(waiting).first()
     if row is None:
         return None
     row.state = TrialState.RUNNING

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from optuna.storages import BaseStorage
@@ -51,10 +52,12 @@ def lease_trials(
     device: str,
     count: int,
     holder: Principal | None = None,
+    warm_backbones: Sequence[str] = (),
 ) -> list[Assignment]:
     """Up to `count` trials of one study for this worker: the ones it already holds,
-    else new leases of the study whose turn it is; [] when no running study has work.
-    Commits as it goes."""
+    else new leases of the study whose turn it is (among equals, one whose backbone
+    the worker holds, and its trials on those backbones first); [] when no running
+    study has work. Commits as it goes."""
     if not 1 <= count <= MAX_BATCH_LEASE:
         raise ValueError(f"count must be 1..{MAX_BATCH_LEASE}, got {count}")
     held = _held_again(
@@ -62,7 +65,8 @@ def lease_trials(
     )
     if held:
         return held[:count]
-    for record in studies_in_turn(session, settings=settings, holder=holder):
+    warm = frozenset(warm_backbones)
+    for record in studies_in_turn(session, settings=settings, holder=holder, warm=warm):
         try:
             entry = study_of(storage, record)
         except KeyError:  # its Optuna study was deleted behind TuneFleet's back
@@ -77,6 +81,7 @@ def lease_trials(
             device=device,
             count=count,
             holder=holder,
+            warm=warm,
         )
         if assignments:
             return assignments
@@ -116,6 +121,7 @@ def _lease_batch(
     device: str,
     count: int,
     holder: Principal | None,
+    warm: frozenset[str],
 ) -> list[Assignment]:
     # No connection or row lock is held while this thread waits for the study.
     session.commit()
@@ -139,7 +145,7 @@ def _lease_batch(
             if used >= budget.max_trials or (started >= budget.attempts_cap() and waiting == 0):
                 break
             # Uncommitted, as the leases: the batch's trials and leases commit together.
-            trial = start_trial(session, entry, trials)
+            trial = start_trial(session, entry, trials, warm=warm)
             if any(t.number == trial.number and t.state == TrialState.WAITING for t in trials):
                 waiting -= 1  # a re-queued or enqueued trial, claimed
             # The sampler of the next one sees this one RUNNING (the constant liar).

@@ -42,16 +42,26 @@ from service._optuna_internals import (
 )
 from service.sampling import sample_params
 from service.study_cache import LoadedStudy
+from tunefleet.spec import SOURCE_PARAM
 
 __all__ = ["start_trial"]
 
 
-def start_trial(session: Session, entry: LoadedStudy, trials: list[FrozenTrial]) -> FrozenTrial:
+def start_trial(
+    session: Session,
+    entry: LoadedStudy,
+    trials: list[FrozenTrial],
+    *,
+    warm: frozenset[str] = frozenset(),
+) -> FrozenTrial:
     """Start the study's next trial in `session`, uncommitted: a WAITING one (enqueued
     or re-queued) first, else a sampled one.
 
     `trials` is the study as `entry.trials()` read it just before, under the
     study's locks (this process's lock and the study's row lock, both held).
+    Among WAITING trials, those whose fixed `source_model` is one of the worker's
+    `warm` backbones go first: the worker skips loading another backbone, and
+    the sampler is not steered (those trials' parameters are already drawn).
     """
     storage = entry.storage
     if not isinstance(storage, SnapshotStorage):
@@ -59,8 +69,9 @@ def start_trial(session: Session, entry: LoadedStudy, trials: list[FrozenTrial])
         return asked_trial(entry.study.ask(fixed_distributions=entry.distributions))
     study_id = entry.optuna_study_id
     claimed = None
-    if any(t.state == TrialState.WAITING for t in trials):
-        claimed = claim_waiting_row(session, study_id)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    if waiting:
+        claimed = claim_waiting_row(session, study_id, prefer=_on_warm_backbone(waiting, warm))
     if claimed is None:
         trial = insert_trial_row(session, study_id)
         fixed: dict = {}
@@ -94,6 +105,17 @@ def start_trial(session: Session, entry: LoadedStudy, trials: list[FrozenTrial])
             )
     session.flush()
     return trial
+
+
+def _on_warm_backbone(waiting: list[FrozenTrial], warm: frozenset[str]) -> list[int]:
+    """The ids of the WAITING trials whose fixed source model the worker holds."""
+    if not warm:
+        return []
+    return [
+        trial_id_of(t)
+        for t in waiting
+        if t.system_attrs.get("fixed_params", {}).get(SOURCE_PARAM) in warm
+    ]
 
 
 def _claimed_trial(

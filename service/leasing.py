@@ -89,9 +89,8 @@ def lease_trial(
         (answer,) = renew_leases(session, held, storage=storage, settings=settings, holder=holder)
         session.commit()
         return answer
-    for record in studies_in_turn(
-        session, settings=settings, holder=holder, warm=frozenset(warm_backbones)
-    ):
+    warm = frozenset(warm_backbones)
+    for record in studies_in_turn(session, settings=settings, holder=holder, warm=warm):
         try:
             entry = study_of(storage, record)
         except KeyError:  # its Optuna study was deleted behind TuneFleet's back
@@ -106,6 +105,7 @@ def lease_trial(
             worker_id=worker_id,
             device=device,
             holder=holder,
+            warm=warm,
         )
         if assignment is not None:
             return assignment
@@ -122,6 +122,7 @@ def _lease_from_study(
     worker_id: str,
     device: str,
     holder: Principal | None,
+    warm: frozenset[str],
 ) -> Assignment | None:
     # End the transaction (and give the connection back) before waiting for the
     # study: a thread that waits holds no connection and no row lock.
@@ -149,7 +150,7 @@ def _lease_from_study(
             if finished:
                 forget_loaded_study(record.id)
             return None
-        trial = start_trial(session, entry, trials)  # uncommitted, as the lease
+        trial = start_trial(session, entry, trials, warm=warm)  # uncommitted, as the lease
         (answer,) = open_leases(
             session,
             record,

@@ -82,9 +82,7 @@ class ServiceClient:
         warm_backbones: Sequence[str] = (),
     ) -> Assignment | None:
         """A trial to run, or None when no study has work right now."""
-        body: dict[str, Any] = {"worker_id": worker_id, "device": device}
-        if warm_backbones:
-            body["warm_backbones"] = list(warm_backbones)[:64]
+        body = _lease_body(worker_id, device, warm_backbones)
         response = self._post("/leases", body, abort=abort)
         if response.status_code == 204:
             return None
@@ -93,14 +91,17 @@ class ServiceClient:
         return assignment
 
     def lease_batch(
-        self, *, worker_id: str, device: str, count: int, abort: threading.Event | None = None
+        self,
+        *,
+        worker_id: str,
+        device: str,
+        count: int,
+        abort: threading.Event | None = None,
+        warm_backbones: Sequence[str] = (),
     ) -> list[Assignment]:
         """Up to `count` trials of one study, each with its own lease; [] when none."""
-        response = self._post(
-            "/leases/batch",
-            {"worker_id": worker_id, "device": device, "count": count},
-            abort=abort,
-        )
+        body = {**_lease_body(worker_id, device, warm_backbones), "count": count}
+        response = self._post("/leases/batch", body, abort=abort)
         if response.status_code == 204:
             return []
         assignments = BatchAssignment.model_validate(response.json()).assignments
@@ -192,3 +193,10 @@ class ServiceClient:
             attempts=attempts,
             abort=abort,
         )
+
+
+def _lease_body(worker_id: str, device: str, warm_backbones: Sequence[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"worker_id": worker_id, "device": device}
+    if warm_backbones:
+        body["warm_backbones"] = list(warm_backbones)[:64]
+    return body

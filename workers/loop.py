@@ -264,7 +264,11 @@ class Worker:
         if self.max_trials is not None:
             count = min(count, self.max_trials - self.trials_run)
         return self.client.lease_batch(
-            worker_id=self.worker_id, device=self.device, count=count, abort=self.stop_requested
+            worker_id=self.worker_id,
+            device=self.device,
+            count=count,
+            abort=self.stop_requested,
+            warm_backbones=_warm_backbones(),
         )
 
     def _note_failure(self, error: str | None) -> None:

@@ -97,6 +97,7 @@ def create_leases(
         device=body.device,
         count=body.count,
         holder=worker,
+        warm_backbones=body.warm_backbones,
     )
     if not assignments:
         return Response(status_code=status.HTTP_204_NO_CONTENT)

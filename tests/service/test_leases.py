@@ -327,3 +327,53 @@ def test_a_finished_study_leaves_the_loaded_study_cache(fleet_env: FleetEnv):
     with session_scope(fleet_env.engine) as session:
         assert session.get_one(StudyRecord, study_id).state == "completed"
     assert not any(key[1] == study_id for key in _loaded_studies)
+
+
+RESNET, MOBILENET = "torchvision:resnet18", "torchvision:mobilenet_v3_small"
+
+
+def _backbone_study(fleet_env: FleetEnv, name: str) -> int:
+    """A study searching two backbones, with four trials enqueued in the order
+    resnet, mobilenet, resnet, mobilenet."""
+    study_id = fleet_env.create_study(
+        name,
+        source_model=RESNET,
+        search_space={
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "source_model": {"type": "categorical", "choices": [RESNET, MOBILENET]},
+        },
+        source_weights="pretrained",
+        sampler={"type": "random", "seed": 1},
+    )
+    for i, backbone in enumerate([RESNET, MOBILENET, RESNET, MOBILENET]):
+        fleet_env.enqueue(study_id, {"lr": 0.001 * (i + 1), "source_model": backbone})
+    return study_id
+
+
+def test_a_worker_gets_the_waiting_trials_of_the_backbone_it_holds_first(fleet_env: FleetEnv):
+    _backbone_study(fleet_env, "waiting-warm")
+    with fleet_env.client() as client:
+        warm = client.post(
+            "/leases", json={"worker_id": "w-warm", "warm_backbones": [MOBILENET]}
+        ).json()
+        cold = client.post("/leases", json={"worker_id": "w-cold"}).json()
+        other = client.post(
+            "/leases", json={"worker_id": "w-other", "warm_backbones": ["timm:resnet50"]}
+        ).json()
+    # The older resnet trial waits for a worker without mobilenet loaded.
+    assert (warm["number"], warm["params"]["source_model"]) == (1, MOBILENET)
+    assert (cold["number"], cold["params"]["source_model"]) == (0, RESNET)
+    assert (other["number"], other["params"]["source_model"]) == (2, RESNET)
+
+
+def test_a_batch_lease_takes_the_waiting_trials_of_a_warm_backbone_first(fleet_env: FleetEnv):
+    study_id = _backbone_study(fleet_env, "waiting-warm-batch")
+    with fleet_env.client() as client:
+        response = client.post(
+            "/leases/batch",
+            json={"worker_id": "w-batch", "count": 3, "warm_backbones": [MOBILENET]},
+        )
+    assert response.status_code == 201, response.text
+    got = [(a["number"], a["params"]["source_model"]) for a in response.json()["assignments"]]
+    assert got == [(1, MOBILENET), (3, MOBILENET), (0, RESNET)]
+    assert fleet_env.states(study_id) == {"RUNNING": 3, "WAITING": 1}
