@@ -7,7 +7,8 @@ of it is written here on the caller's session, that is on one connection and
 in one transaction, which the caller commits with the lease row: either the
 worker's trial and its lease both exist, or neither does. A database that goes
 away at any statement, or at the commit, leaves no RUNNING trial without a
-lease (tests/service/test_handout.py fails each statement in turn).
+lease (tests/service/api/test_handout.py fails each statement in turn;
+tests/service/test_lease_kill.py SIGKILLs an API process stopped at each write).
 
 What stays outside that transaction, and why it cannot leave a ghost:
 
