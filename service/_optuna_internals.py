@@ -251,6 +251,12 @@ class SnapshotStorage(_CachedStorage):
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else list(trials)
 
+    def cached_trial_count(self, study_id: int) -> int:
+        """How many of the study's trials this cache holds (`_StudyInfo.trials`)."""
+        with self._lock:
+            info = self._studies.get(study_id)
+            return len(info.trials) if info is not None else 0
+
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         current = getattr(self._sampling, "current", None)
         if current is not None and current.trial_id == trial_id:

@@ -20,7 +20,6 @@ lost), as a single lease does.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -134,8 +133,8 @@ def _lease_batch(
             return []
         budget = study_budget(record)
         # One read of the study; the batch's own trials are added as they are asked.
-        trials: list[FrozenTrial] = list(entry.trials())
-        counts = Counter(t.state.name for t in trials)
+        seen, counts = entry.for_lease()
+        trials: list[FrozenTrial] = list(seen)
         used = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
         started = used + counts["FAIL"]
         waiting = counts["WAITING"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -136,8 +135,7 @@ def _lease_from_study(
             return None
         budget = study_budget(record)
         # One read of the study serves the budget check and the sampler.
-        trials = entry.trials()
-        counts = Counter(t.state.name for t in trials)
+        trials, counts = entry.for_lease()
         used = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
         started = used + counts["FAIL"]
         if used >= budget.max_trials or (

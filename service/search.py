@@ -24,7 +24,13 @@ from service.errors import InvalidSpec
 from tunefleet import spec as specs
 from tunefleet.spec import StudySpec
 
-__all__ = ["build_pruner", "build_sampler", "check_server_support", "distributions"]
+__all__ = [
+    "build_pruner",
+    "build_sampler",
+    "check_server_support",
+    "distributions",
+    "sampler_reads_history",
+]
 
 
 def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
@@ -106,6 +112,16 @@ def build_sampler(
         if isinstance(s, specs.GridSampler):
             return _GridSampler(specs.grid_values(spec), seed=s.seed)
     raise AssertionError(f"unhandled sampler {s!r}")
+
+
+def sampler_reads_history(spec: StudySpec) -> bool:
+    """Whether the spec's sampler reads the study's finished trials to draw the next one.
+
+    Random search draws each trial on its own; every other sampler reads the
+    history (TPE, GP and CMA-ES their observations, NSGA-II its generations, QMC
+    its first trial's search space, grid the points already run).
+    """
+    return not isinstance(spec.sampler, specs.RandomSampler)
 
 
 class _GridSampler(optuna.samplers.GridSampler):

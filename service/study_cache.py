@@ -3,24 +3,42 @@
 A study's Optuna object is built once per process so that its sampler (TPE's
 observation cache, NSGA-II's generations, a seeded sampler's random stream)
 and Optuna's cache of its trials live on from one lease to the next.
+
+Memory: a cached finished trial costs about 3 KiB (a FrozenTrial and its
+distributions; measured with a four-parameter space). A study whose sampler
+reads no history (random search) keeps none: its leases read only its WAITING
+and RUNNING trials and count the rest with one GROUP BY. The others keep every
+trial while loaded, as Optuna's own process would; the cache as a whole holds
+at most MAX_LOADED_STUDIES studies and, beyond the most recently used one,
+MAX_CACHED_TRIALS trials (the least recently used studies leave first and are
+read again when next leased).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from service._optuna_internals import storage_of, study_id_of, uncached
+from service._optuna_internals import SnapshotStorage, storage_of, study_id_of, uncached
 from service.models import StudyRecord
 from service.optuna_store import load_optuna_study, trial_state_counts
-from service.search import distributions
+from service.search import distributions, sampler_reads_history
 from tunefleet.spec import StudySpec
 
-__all__ = ["MAX_LOADED_STUDIES", "LoadedStudy", "forget_loaded_study", "loaded_study", "study_of"]
+__all__ = [
+    "MAX_CACHED_TRIALS",
+    "MAX_LOADED_STUDIES",
+    "LoadedStudy",
+    "forget_loaded_study",
+    "loaded_study",
+    "study_of",
+]
+
+_UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
 
 
 class LoadedStudy:
@@ -34,7 +52,9 @@ class LoadedStudy:
     def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
         self.study = study
         self.distributions = distributions(spec)
+        self.reads_history = sampler_reads_history(spec)
         self.lock = threading.RLock()
+        self.cached_trials = 0  # how many trials the cache held at its last read
 
     @property
     def storage(self) -> BaseStorage:
@@ -47,7 +67,35 @@ class LoadedStudy:
     def trials(self) -> list[FrozenTrial]:
         """The study's trials, sorted by number: on RDBStorage one read of those that
         changed since the last (Optuna's cached storage). Not copies: read only."""
-        return self.storage.get_all_trials(self.optuna_study_id, deepcopy=False)
+        trials = self.storage.get_all_trials(self.optuna_study_id, deepcopy=False)
+        self.cached_trials = self.cached_trial_count()
+        with _loaded_studies_lock:
+            _evict()
+        return trials
+
+    def cached_trial_count(self) -> int:
+        """How many of the study's trials this process holds in Optuna's cache."""
+        storage = self.storage
+        if not isinstance(storage, SnapshotStorage):
+            return 0
+        return storage.cached_trial_count(self.optuna_study_id)
+
+    def for_lease(self) -> tuple[list[FrozenTrial], Counter[str]]:
+        """What a lease reads, under the study's locks: the trials its sampler sees
+        and how many trials are in each state (RUNNING, WAITING, COMPLETE, ...).
+
+        A sampler that reads history sees every trial, and one read serves both.
+        Random search sees the WAITING and RUNNING trials only, read without the
+        cache, and the states are counted in the database: the process then keeps
+        nothing for each finished trial of the study.
+        """
+        if self.reads_history:
+            trials = self.trials()
+            return trials, Counter(t.state.name for t in trials)
+        trials = uncached(self.storage).get_all_trials(
+            self.optuna_study_id, deepcopy=False, states=_UNFINISHED
+        )
+        return trials, Counter(self.counts())
 
     def counts(self) -> dict[str, int]:
         """How many trials are in each state (RUNNING, WAITING, COMPLETE, PRUNED, FAIL).
@@ -60,10 +108,12 @@ class LoadedStudy:
 
 
 # The studies this process has leased from, most recently used last. Each holds
-# Optuna's cache of its trials, so the oldest go beyond MAX_LOADED_STUDIES
-# (loading one again costs one read of its trials; a sampler with a fixed seed
-# then starts its sequence again).
+# Optuna's cache of its trials, so the oldest go beyond MAX_LOADED_STUDIES, or
+# when the studies' cached trials together pass MAX_CACHED_TRIALS (about 3 KiB
+# each); the most recently used stays whatever its size. Loading one again costs
+# one read of its trials; a sampler with a fixed seed then starts its sequence again.
 MAX_LOADED_STUDIES = 256
+MAX_CACHED_TRIALS = 100_000
 _loaded_studies: OrderedDict[tuple[int, int, str], LoadedStudy] = OrderedDict()
 _loaded_studies_lock = threading.Lock()
 
@@ -77,6 +127,7 @@ def loaded_study(
         entry = _loaded_studies.get(key)
         if entry is not None:
             _loaded_studies.move_to_end(key)
+            _evict()
             return entry
     study_spec = StudySpec.model_validate(spec)
     study = load_optuna_study(
@@ -85,9 +136,18 @@ def loaded_study(
     with _loaded_studies_lock:
         entry = _loaded_studies.setdefault(key, LoadedStudy(study, study_spec))
         _loaded_studies.move_to_end(key)
-        while len(_loaded_studies) > MAX_LOADED_STUDIES:
-            _loaded_studies.popitem(last=False)
+        _evict()
         return entry
+
+
+def _evict() -> None:
+    """Drop the least recently used studies beyond the cache's bounds (lock held)."""
+    cached = sum(e.cached_trials for e in _loaded_studies.values())
+    while len(_loaded_studies) > 1 and (
+        len(_loaded_studies) > MAX_LOADED_STUDIES or cached > MAX_CACHED_TRIALS
+    ):
+        _, oldest = _loaded_studies.popitem(last=False)
+        cached -= oldest.cached_trials
 
 
 def study_of(storage: BaseStorage, record: StudyRecord) -> LoadedStudy:

@@ -149,6 +149,16 @@ def test_snapshot_storage_answers_from_the_given_trials(storage) -> None:
         assert len(snapshot.get_all_trials(study_id)) == 4
 
 
+def test_snapshot_storage_counts_the_trials_it_caches(storage) -> None:
+    study = study_with_trials(storage)
+    study_id = internals.study_id_of(study)
+    snapshot = internals.SnapshotStorage(storage)
+    with fenced("optuna.storages._cached_storage._StudyInfo.trials / _CachedStorage._studies"):
+        assert snapshot.cached_trial_count(study_id) == 0
+        snapshot.get_all_trials(study_id, deepcopy=False)
+        assert snapshot.cached_trial_count(study_id) == len(study.trials)
+
+
 def test_rdb_table_models() -> None:
     columns = {
         internals.TrialModel: {
