@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         description="When set, /metrics answers only 'Authorization: Bearer <this value>'. "
         "Keep /metrics off the public network either way.",
     )
+    max_cached_trials: int = Field(
+        default=100_000,
+        ge=0,
+        description="Trials of the loaded studies an API process keeps for their samplers "
+        "(about 3 KiB each); beyond it the least recently leased studies are dropped and "
+        "read again when next leased. The study in use stays whatever its size.",
+    )
     db_pool_size: int = Field(default=10, ge=1, description="Connections kept per API process.")
     db_max_overflow: int = Field(default=20, ge=0, description="Extra connections under load.")
 

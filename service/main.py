@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import optuna
 from fastapi import FastAPI
 
+from service import study_cache
 from service.api import health, leases, studies, tokens, trials
 from service.api.handlers import install_error_handlers
 from service.api.openapi import install_openapi
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    study_cache.configure(max_cached_trials=settings.max_cached_trials)
     app.state.engine = make_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_CACHED_TRIALS",
     "MAX_LOADED_STUDIES",
     "LoadedStudy",
+    "configure",
     "forget_loaded_study",
     "loaded_study",
     "study_of",
@@ -113,7 +114,7 @@ class LoadedStudy:
 # each); the most recently used stays whatever its size. Loading one again costs
 # one read of its trials; a sampler with a fixed seed then starts its sequence again.
 MAX_LOADED_STUDIES = 256
-MAX_CACHED_TRIALS = 100_000
+MAX_CACHED_TRIALS = 100_000  # the API's TUNEFLEET_MAX_CACHED_TRIALS sets it
 _loaded_studies: OrderedDict[tuple[int, int, str], LoadedStudy] = OrderedDict()
 _loaded_studies_lock = threading.Lock()
 
@@ -138,6 +139,14 @@ def loaded_study(
         _loaded_studies.move_to_end(key)
         _evict()
         return entry
+
+
+def configure(*, max_cached_trials: int) -> None:
+    """Set the cache's bound on cached trials (the API's `max_cached_trials` setting)."""
+    global MAX_CACHED_TRIALS
+    MAX_CACHED_TRIALS = max_cached_trials
+    with _loaded_studies_lock:
+        _evict()
 
 
 def _evict() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from service import study_cache
 from service.study_cache import _loaded_studies
-from tests.service.api.conftest import LiveApi, create_study
+from tests.service.api.conftest import LiveApi, create_study, in_process_app
 
 
 def _run(api: LiveApi, study_id: int, n: int, worker: str) -> list[dict[str, Any]]:
@@ -92,3 +92,12 @@ def test_the_cache_drops_the_least_recently_used_studies_beyond_its_trial_bound(
     (again,) = _run(live_api, first, 1, "lru-worker")
     assert again["number"] == 4
     assert not any(key[1] == second for key in _loaded_studies)
+
+
+def test_the_trial_bound_is_the_api_setting(
+    live_api: LiveApi, monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    monkeypatch.setattr(study_cache, "MAX_CACHED_TRIALS", study_cache.MAX_CACHED_TRIALS)
+    monkeypatch.setenv("TUNEFLEET_MAX_CACHED_TRIALS", "7")
+    in_process_app(live_api.database_url, tmp_path)
+    assert study_cache.MAX_CACHED_TRIALS == 7
