@@ -95,6 +95,10 @@ def run_study(
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(
         storage=storage if storage is not None else optuna.storages.InMemoryStorage(),
+        # Hyperband puts a trial in a bracket by a hash of the study's name and the trial's
+        # number: one name per seed gives every arm the same brackets (a random name made
+        # the warm arms prune the same enqueued trials differently from run to run).
+        study_name=f"{dataset}-seed-{seed}",
         direction="maximize",
         sampler=sampler,
         pruner=pruner,
