@@ -7,10 +7,14 @@ whose per-epoch validation accuracy goes to trial.report / trial.should_prune.
 Arms, per seed: random without pruning; TPE + Hyperband cold; TPE + Hyperband
 warm-started with the best `top_k` configurations of a TPE + Hyperband study
 run first on the related variant (--warm-from, another draw of the labelled
-images), projected and enqueued as the service's warm start does. For every
-run it counts the trials and the training time spent until a trial reaches
-95% (and 99%) of the best accuracy any run found; the prior study's own time
-is reported apart (it is past work the warm start reuses).
+images), projected and enqueued as the service's warm start does; and the
+same warm start with `observe`: TPE also reads the prior study's completed
+trials as observations, through the service's own sampler wrapper
+(service.warm_observe.ObservingSampler), so that it starts from them instead
+of from random startup trials. For every run it counts the trials and the
+training time spent until a trial reaches 95% (and 99%) of the best accuracy any
+run found; the prior study's own time is reported apart (it is past work the
+warm start reuses).
 
     .venv/bin/python -m bench.search_quality [--tiny] [--seeds S] [--trials T] [--epochs E]
 
@@ -29,14 +33,17 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.storages import BaseStorage
 
 from bench.harness import apply_threads, engine_assignment, parser, ratio, table, write_results
+from service.warm_observe import ObservedSource, ObservingSampler, observations
 from service.warm_start import WARM_START_ATTR, project_params
 from tunefleet.spec import StudySpec
 from workers.transfer import TrialPruned, run_trial
 
 THRESHOLDS = (0.95, 0.99)
-ARMS = ("random_nopruning", "tpe_hyperband", "tpe_hyperband_warm")
+ARMS = ("random_nopruning", "tpe_hyperband", "tpe_hyperband_warm", "tpe_hyperband_warm_observe")
+WARM_ARMS = ("tpe_hyperband_warm", "tpe_hyperband_warm_observe")
 TOP_K = 5
 SEARCH_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 3e-1, "log": True},
@@ -70,18 +77,32 @@ def run_study(
     *,
     dataset: str,
     warm: list[tuple[dict, str]] = (),
-) -> list[dict]:
-    """One study; per trial its state, accuracy (None when pruned), seconds, params and,
-    for an enqueued one, where it came from. `warm` (params, origin) run first."""
+    observed: list[optuna.trial.FrozenTrial] = (),
+    storage: BaseStorage | None = None,
+) -> tuple[list[dict], optuna.Study]:
+    """One study and its log: per trial its state, accuracy (None when pruned), seconds,
+    params and, for an enqueued one, where it came from. `warm` (params, origin) run
+    first; TPE reads `observed` besides the study's own trials."""
     if arm.startswith("tpe_hyperband"):
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=epochs, reduction_factor=3
         )
+        if observed:
+            sampler = ObservingSampler(sampler, list(observed))
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = optuna.pruners.NopPruner()
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study = optuna.create_study(
+        storage=storage if storage is not None else optuna.storages.InMemoryStorage(),
+        # Hyperband puts a trial in a bracket by a hash of the study's name and the trial's
+        # number: one name per seed gives every arm the same brackets (a random name made
+        # the warm arms prune the same enqueued trials differently from run to run).
+        study_name=f"{dataset}-seed-{seed}",
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+    )
     for params, origin in warm:
         study.enqueue_trial(params, user_attrs={WARM_START_ATTR: origin})
     log: list[dict] = []
@@ -139,7 +160,7 @@ def run_study(
         return accuracy
 
     study.optimize(objective, n_trials=trials)
-    return log
+    return log, study
 
 
 def cost_to_reach(log: list[dict], target: float) -> dict:
@@ -152,10 +173,14 @@ def cost_to_reach(log: list[dict], target: float) -> dict:
     return {"reached": False, "trials": len(log), "seconds": seconds}
 
 
+def bench_spec() -> StudySpec:
+    return StudySpec.model_validate(engine_assignment({}, search_space=SEARCH_SPACE)["spec"])
+
+
 def warm_configurations(prior: list[dict], *, name: str, top_k: int = TOP_K) -> list:
     """The prior study's best completed configurations, projected and deduplicated as the
     service's warm start does: (params, "study/number"), best first."""
-    spec = StudySpec.model_validate(engine_assignment({}, search_space=SEARCH_SPACE)["spec"])
+    spec = bench_spec()
     done = [(e["accuracy"], n, e["params"]) for n, e in enumerate(prior) if e["accuracy"]]
     out: list[tuple[dict, str]] = []
     seen: set[tuple] = set()
@@ -168,6 +193,20 @@ def warm_configurations(prior: list[dict], *, name: str, top_k: int = TOP_K) -> 
         if len(out) == top_k:
             break
     return out
+
+
+def prior_observations(
+    storage: BaseStorage, study: optuna.Study, *, name: str
+) -> list[optuna.trial.FrozenTrial]:
+    """The prior study's completed trials as observations, built by the service's own
+    code (service.warm_observe.observations) from the study's storage."""
+    source = ObservedSource(
+        name=name,
+        optuna_study_id=storage.get_study_id_from_name(study.study_name),
+        objectives=[o.model_dump() for o in bench_spec().objectives],
+        trials_before=len(study.trials),
+    )
+    return observations(storage, sources=[source], spec=bench_spec())
 
 
 def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
@@ -185,7 +224,7 @@ def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
                 "per_run": costs,
             }
         rnd, cold = arms_out["random_nopruning"], arms_out["tpe_hyperband"]
-        warm = arms_out["tpe_hyperband_warm"]
+        warm, observe = arms_out["tpe_hyperband_warm"], arms_out["tpe_hyperband_warm_observe"]
         per_threshold[str(threshold)] = {
             "target_accuracy": target,
             "arms": arms_out,
@@ -193,6 +232,12 @@ def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
             "ratio_seconds_warm_over_cold": ratio(warm["median_seconds"], cold["median_seconds"]),
             "ratio_trials_tpe_over_random": ratio(cold["median_trials"], rnd["median_trials"]),
             "ratio_trials_warm_over_cold": ratio(warm["median_trials"], cold["median_trials"]),
+            "ratio_seconds_observe_over_cold": ratio(
+                observe["median_seconds"], cold["median_seconds"]
+            ),
+            "ratio_trials_observe_over_cold": ratio(
+                observe["median_trials"], cold["median_trials"]
+            ),
         }
     return per_threshold
 
@@ -217,6 +262,7 @@ def main() -> None:
 
     runs: dict[str, list[list[dict]]] = {arm: [] for arm in ARMS}
     priors: list[list[dict]] = []
+    observed_counts: list[int] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tf-bench-search-") as tmp:
         dirs = Path(tmp)
@@ -224,23 +270,32 @@ def main() -> None:
             run_study("random_nopruning", 0, 1, 1, dirs, dataset=dataset)
         for seed in range(seeds):
             # The past study on the related variant (another seed, so not a copy of the cold run).
-            prior = run_study(
-                "tpe_hyperband", 100 + seed, trials, epochs, dirs, dataset=args.warm_from
+            storage = optuna.storages.InMemoryStorage()
+            prior, prior_study = run_study(
+                "tpe_hyperband",
+                100 + seed,
+                trials,
+                epochs,
+                dirs,
+                dataset=args.warm_from,
+                storage=storage,
             )
             priors.append(prior)
             warm = warm_configurations(prior, name=f"prior-{seed}")
+            observed = prior_observations(storage, prior_study, name=f"prior-{seed}")
+            observed_counts.append(len(observed))
             for arm in ARMS:  # interleaved, so that the machine's load hits all alike
-                runs[arm].append(
-                    run_study(
-                        arm,
-                        seed,
-                        trials,
-                        epochs,
-                        dirs,
-                        dataset=args.dataset,
-                        warm=warm if arm == "tpe_hyperband_warm" else (),
-                    )
+                log, _ = run_study(
+                    arm,
+                    seed,
+                    trials,
+                    epochs,
+                    dirs,
+                    dataset=args.dataset,
+                    warm=warm if arm in WARM_ARMS else (),
+                    observed=observed if arm == "tpe_hyperband_warm_observe" else (),
                 )
+                runs[arm].append(log)
     wall = time.perf_counter() - started
 
     best = max(
@@ -292,6 +347,7 @@ def main() -> None:
         "discrimination": discrimination,
         "thresholds": per_threshold,
         "arms": summary_arms,
+        "observations_per_run": observed_counts,
         "prior_seconds_median": statistics.median(sum(e["seconds"] for e in log) for log in priors),
         "trials": runs,
         "priors": priors,
@@ -315,8 +371,10 @@ def main() -> None:
         print(
             f"{float(threshold):.0%}: TPE+HB/random train time "
             f"{out['ratio_seconds_tpe_over_random']:.2f}x (target <= 0.35), warm/cold "
-            f"{out['ratio_seconds_warm_over_cold']:.2f}x (target <= 0.30)"
+            f"{out['ratio_seconds_warm_over_cold']:.2f}x, warm+observe/cold "
+            f"{out['ratio_seconds_observe_over_cold']:.2f}x (target <= 0.30)"
         )
+    print(f"observations given to the warm+observe arm's sampler per run: {observed_counts}")
     for arm, summary in summary_arms.items():
         print(
             f"{arm}: median best {summary['best_accuracy']:.3f}, median run "

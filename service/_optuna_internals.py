@@ -16,6 +16,8 @@ sampler-equivalence test, tests/service/test_sampling.py) pass on.
 - `ObservationCachingTPE`: Optuna's TPE sampler, keeping each finished trial's
   parameters in the internal representation it models them in, so that an ask
   converts only trials it has not seen (finished trials never change).
+- `study_with_observations`: the study as a sampler sees it with past trials
+  added: samplers read a study's trials through its private `_get_trials`.
 """
 
 from __future__ import annotations
@@ -192,6 +194,52 @@ def single_value(distribution: BaseDistribution) -> Any:
 def distribution_contains(distribution: BaseDistribution, internal_value: float) -> bool:
     """Whether a value in internal representation lies in the distribution."""
     return distribution._contains(internal_value)
+
+
+class _ObservedStudy:
+    """A study whose trial reads start with fixed observations; all else is the study's."""
+
+    def __init__(self, study: optuna.Study, observations: list[FrozenTrial]) -> None:
+        self._observed_study = study
+        self._observations = observations
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._observed_study, name)
+
+    def _observed(self, states: Container[TrialState] | None) -> list[FrozenTrial]:
+        if states is None:
+            return list(self._observations)
+        return [t for t in self._observations if t.state in states]
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        study = self._observed_study
+        own = study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        past = self._observed(states)
+        return [*(copy.deepcopy(past) if deepcopy else past), *own]
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        own = self._observed_study.get_trials(deepcopy=deepcopy, states=states)
+        past = self._observed(states)
+        return [*(copy.deepcopy(past) if deepcopy else past), *own]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+def study_with_observations(study: optuna.Study, observations: list[FrozenTrial]) -> optuna.Study:
+    """`study` as a sampler reads it, with `observations` (finished trials numbered below
+    0, never stored) before its own trials; every other attribute is the study's own."""
+    if not observations:
+        return study
+    return _ObservedStudy(study, observations)  # type: ignore[return-value]
 
 
 class _Sampling:

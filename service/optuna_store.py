@@ -112,15 +112,25 @@ def load_optuna_study(
 
     `for_leases`: the study the lease path samples on, over a `SnapshotStorage`
     (on RDBStorage) and with the lease path's sampler (service/_optuna_internals.py).
+    With `warm_start.observe`, the sampler reads the past trials kept at creation as
+    well (service/warm_observe.py).
     """
-    if for_leases and isinstance(storage, RDBStorage):
-        storage = SnapshotStorage(storage)
-    return optuna.load_study(
+    study = optuna.load_study(
         study_name=name,
-        storage=storage,
+        storage=SnapshotStorage(storage)
+        if for_leases and isinstance(storage, RDBStorage)
+        else storage,
         sampler=build_sampler(spec, study_key=study_key, for_leases=for_leases),
         pruner=build_pruner(spec),
     )
+    if spec.warm_start is not None and spec.warm_start.observe:
+        # Imported here: warm start reads past studies through this module.
+        from service.warm_observe import observing_sampler
+
+        study.sampler = observing_sampler(
+            study.sampler, storage, optuna_study_id=study_id_of(study), spec=spec
+        )
+    return study
 
 
 def trial_state_counts(storage: BaseStorage, *, optuna_study_id: int) -> dict[str, int]:
@@ -189,8 +199,9 @@ def list_trials(
     descending: bool = False,
     limit: int = 50,
     offset: int = 0,
+    below_number: int | None = None,
 ) -> TrialPage:
-    """A page of a study's trials, filtered by state.
+    """A page of a study's trials, filtered by state (and numbered below `below_number`).
 
     Ordered by number, or by the value of objective `order_by` (trials without
     that value come last either way).
@@ -198,9 +209,11 @@ def list_trials(
     state_list = list(states) if states is not None else None
     if isinstance(storage, RDBStorage):
         return _list_trials_sql(
-            storage, optuna_study_id, state_list, order_by, descending, limit, offset
+            storage, optuna_study_id, state_list, order_by, descending, limit, offset, below_number
         )
     trials = storage.get_all_trials(optuna_study_id, deepcopy=False, states=state_list)
+    if below_number is not None:
+        trials = [t for t in trials if t.number < below_number]
     if order_by is None:
         trials.sort(key=lambda t: t.number, reverse=descending)
     else:
@@ -219,11 +232,14 @@ def _list_trials_sql(
     descending: bool,
     limit: int,
     offset: int,
+    below_number: int | None = None,
 ) -> TrialPage:
     T, V = TrialModel, TrialValueModel
     where = [T.study_id == study_id]
     if states is not None:
         where.append(T.state.in_(states))
+    if below_number is not None:
+        where.append(T.number < below_number)
     count_query = sa.select(sa.func.count()).select_from(T).where(*where)
     ids_query = sa.select(T.trial_id).where(*where)
     if order_by is None:

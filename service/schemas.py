@@ -127,6 +127,20 @@ class StudyPublic(_Out):
     updated_at: datetime = Field(description="Last change of state.")
 
 
+class WarmStartPublic(BaseModel):
+    """What a study's sampler observes of past studies (warm_start.observe)."""
+
+    observations: int = Field(
+        description="Past completed trials the sampler reads besides this study's own, "
+        "counted at creation.",
+        examples=[120],
+    )
+    sources: list[str] = Field(
+        description="The past studies they come from, as resolved at creation (auto included).",
+        examples=[["digits-shifted-s1"]],
+    )
+
+
 class StudyDetail(StudyPublic):
     """A study in full: its spec, trial counts per state and its best trials."""
 
@@ -138,6 +152,11 @@ class StudyDetail(StudyPublic):
     best_trials: list[TrialPublic] = Field(
         description="The best trial (one objective) or the Pareto front (several); "
         "empty until a trial completes."
+    )
+    warm_start: WarmStartPublic | None = Field(
+        None,
+        description="With warm_start.observe: the past trials the sampler reads as "
+        "observations (not trials of this study); null otherwise.",
     )
 
 

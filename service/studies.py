@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import optuna_store, warm_start
+from service import optuna_store, warm_observe, warm_start
 from service.auth import Principal
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
@@ -27,6 +27,7 @@ from service.schemas import (
     StudyAction,
     StudyDetail,
     StudyPublic,
+    WarmStartPublic,
 )
 from service.search import check_server_support
 from service.study_cache import forget_loaded_study
@@ -139,6 +140,9 @@ def create_study(
         )
         # Enqueued while the study is paused, so that the first leases take them.
         warm_start.enqueue_warm_start(
+            storage, sources=sources, spec=spec, optuna_study_id=record.optuna_study_id
+        )
+        warm_observe.record_sources(
             storage, sources=sources, spec=spec, optuna_study_id=record.optuna_study_id
         )
     except Exception:
@@ -266,12 +270,17 @@ def study_detail(session: Session, storage: BaseStorage, *, record: StudyRecord)
     spec = study_spec(record)
     counts = dict.fromkeys(optuna_store.TRIAL_STATES, 0)
     best = []
+    observed = None
     if record.optuna_study_id is not None:
         counts = optuna_store.trial_state_counts(storage, optuna_study_id=record.optuna_study_id)
         best = optuna_store.best_trials(storage, optuna_study_id=record.optuna_study_id)
+        if spec.warm_start is not None and spec.warm_start.observe:
+            sources, n = warm_observe.recorded(storage, optuna_study_id=record.optuna_study_id)
+            observed = WarmStartPublic(observations=n, sources=[s.name for s in sources])
     return StudyDetail(
         **study_public(record).model_dump(),
         spec=spec,
         trial_counts=counts,
         best_trials=[trial_public(t, spec=spec) for t in best],
+        warm_start=observed,
     )

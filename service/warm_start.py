@@ -43,8 +43,10 @@ __all__ = [
     "WarmStartTrial",
     "auto_sources",
     "best_configurations",
+    "completed_trials",
     "dataset_fingerprint",
     "enqueue_warm_start",
+    "objective_values",
     "project_params",
     "resolve_sources",
 ]
@@ -145,7 +147,7 @@ def enqueue_warm_start(
     storage: BaseStorage, *, sources: list[StudyRecord], spec: StudySpec, optuna_study_id: int
 ) -> list[WarmStartTrial]:
     """Enqueue the best `top_k` configurations of `sources`, projected onto `spec`."""
-    if spec.warm_start is None or not sources:
+    if spec.warm_start is None or spec.warm_start.top_k == 0 or not sources:
         return []
     chosen = best_configurations(storage, sources=sources, spec=spec)
     for trial in chosen:
@@ -184,29 +186,44 @@ def best_configurations(
     return out
 
 
-def _completed(storage: BaseStorage, *, record: StudyRecord) -> list[FrozenTrial]:
-    assert record.optuna_study_id is not None
-    source = StudySpec.model_validate(record.spec)
-    # Best first when the source optimised one objective, so that a long study's best are read.
-    order_by = 0 if len(source.objectives) == 1 else None
+def completed_trials(
+    storage: BaseStorage,
+    *,
+    optuna_study_id: int,
+    objectives: list[dict[str, Any]],
+    below_number: int | None = None,
+) -> list[FrozenTrial]:
+    """Up to TRIALS_READ_PER_STUDY completed trials of a past study whose spec has
+    `objectives`, best first when it optimised one objective (so that a long study's
+    best are read); only those numbered below `below_number` when given."""
+    order_by = 0 if len(objectives) == 1 else None
     page = optuna_store.list_trials(
         storage,
-        optuna_study_id=record.optuna_study_id,
+        optuna_study_id=optuna_study_id,
         states=[TrialState.COMPLETE],
         order_by=order_by,
-        descending=order_by is not None and source.objectives[0].direction == "maximize",
+        descending=order_by is not None and objectives[0].get("direction") == "maximize",
         limit=TRIALS_READ_PER_STUDY,
+        below_number=below_number,
     )
     return page.trials
 
 
-def _scores(
-    trial: FrozenTrial, *, record: StudyRecord, spec: StudySpec
+def _completed(storage: BaseStorage, *, record: StudyRecord) -> list[FrozenTrial]:
+    assert record.optuna_study_id is not None
+    return completed_trials(
+        storage,
+        optuna_study_id=record.optuna_study_id,
+        objectives=record.spec.get("objectives", []),
+    )
+
+
+def objective_values(
+    trial: FrozenTrial, *, metrics: list[str], spec: StudySpec
 ) -> tuple[float, ...] | None:
-    """The trial's values of the new study's objectives, each as `higher is better`;
-    None when it lacks one (a metric its study neither optimised nor recorded)."""
-    metrics = [o["metric"] for o in record.spec.get("objectives", [])]
-    scores = []
+    """The trial's values of `spec`'s objectives, from a study whose objectives were
+    `metrics`; None when it lacks one (a metric its study neither optimised nor recorded)."""
+    values = []
     for objective in spec.objectives:
         if objective.metric in metrics and trial.values is not None:
             value = trial.values[metrics.index(objective.metric)]
@@ -214,8 +231,21 @@ def _scores(
             value = trial.user_attrs.get(objective.metric)  # measured, not optimised
         if not isinstance(value, int | float) or not math.isfinite(value):
             return None
-        scores.append(float(value) if objective.direction == "maximize" else -float(value))
-    return tuple(scores)
+        values.append(float(value))
+    return tuple(values)
+
+
+def _scores(
+    trial: FrozenTrial, *, record: StudyRecord, spec: StudySpec
+) -> tuple[float, ...] | None:
+    """The trial's values of the new study's objectives, each as `higher is better`."""
+    metrics = [o["metric"] for o in record.spec.get("objectives", [])]
+    values = objective_values(trial, metrics=metrics, spec=spec)
+    if values is None:
+        return None
+    return tuple(
+        v if o.direction == "maximize" else -v for v, o in zip(values, spec.objectives, strict=True)
+    )
 
 
 def _rank(scored: list, *, several: bool) -> list:

@@ -71,6 +71,30 @@ def test_show_list_and_watch_of_a_failed_study_say_why(user):
     assert "resnet18.pth" in watch.stdout
 
 
+def test_show_says_how_many_past_trials_the_sampler_observes(user):
+    env, api, workers = user
+    _create(api, "seen-before", budget={"max_trials": 2, "epochs": 1})
+    for value in (0.5, 0.7):
+        trial = workers.post("/leases", json={"worker_id": "w-past", "device": "cpu"}).json()
+        done = workers.post(
+            f"/trials/{trial['trial_id']}/complete",
+            json={"values": {"accuracy": value}},
+            headers={"X-Lease-Secret": trial["lease_secret"]},
+        )
+        assert done.status_code == 200, done.text
+    _create(
+        api,
+        "seeing",
+        sampler={"type": "tpe"},
+        warm_start={"studies": ["seen-before"], "top_k": 0, "observe": True},
+    )
+    show = cli("study", "show", "seeing", env=env)
+    assert show.returncode == 0, show.stderr
+    assert "warm start: the sampler observes 2 past trials of seen-before" in show.stdout
+    plain = cli("study", "show", "seen-before", env=env)
+    assert "warm start" not in plain.stdout
+
+
 def test_a_study_named_with_digits_is_found_by_name_and_id_form_reaches_ids(user):
     env, api, _ = user
     first = _create(api, "first-one")

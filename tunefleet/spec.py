@@ -73,6 +73,7 @@ __all__ = [
     "CORRUPTIONS",
     "KNOWN_PARAMS",
     "METRICS",
+    "OBSERVING_SAMPLERS",
     "PGD",
     "SOURCE_PARAM",
     "Budget",
@@ -330,8 +331,13 @@ class Budget(SpecModel):
 StudyRef = Annotated[str, Field(pattern=NAME_PATTERN)] | Annotated[int, Field(ge=1)]
 
 
+OBSERVING_SAMPLERS = ("tpe", "gp")
+"""Samplers that model every finished trial, and so can start from past ones."""
+
+
 class WarmStart(SpecModel):
-    """Past studies whose best configurations run first in a new study."""
+    """Past studies whose best configurations run first in a new study, and whose
+    completed trials the sampler may read as observations."""
 
     studies: Literal["auto"] | list[StudyRef] = Field(
         description="Study names or ids of your own studies, or `auto`: your past studies with "
@@ -340,10 +346,18 @@ class WarmStart(SpecModel):
     )
     top_k: int = Field(
         5,
-        ge=1,
+        ge=0,
         le=100,
         description="How many of their best completed configurations to enqueue (by this "
-        "study's first objective; the Pareto front for several objectives).",
+        "study's first objective; the Pareto front for several objectives); 0 (with observe) "
+        "enqueues none.",
+    )
+    observe: bool = Field(
+        False,
+        description="Also give the sampler (tpe or gp) their completed trials, projected onto "
+        "this search space, as observations: it models them from its first ask instead of "
+        "sampling at random first. They are not trials of this study and use none of its "
+        "budget.",
     )
 
     @field_validator("studies", mode="before")
@@ -524,6 +538,7 @@ class StudySpec(SpecModel):
         if not any(loc[0] == "search_space" for loc, _, _ in problems):
             self._check_sampler(problems)
         self._check_pruner(problems)
+        self._check_warm_start(problems)
         problems.raise_if_any("StudySpec")
         if self.pruner is None:
             multi = len(self.objectives) > 1
@@ -688,6 +703,24 @@ class StudySpec(SpecModel):
                     f"({max_resource} epochs)",
                     pruner.min_resource,
                 )
+
+    def _check_warm_start(self, problems: Problems) -> None:
+        warm = self.warm_start
+        if warm is None:
+            return
+        if warm.observe and self.sampler.type not in OBSERVING_SAMPLERS:
+            problems.add(
+                ("warm_start", "observe"),
+                f"sampler {self.sampler.type} does not model past trials: observe works with "
+                "sampler " + " or ".join(OBSERVING_SAMPLERS) + "; or set observe: false",
+                True,
+            )
+        if warm.top_k == 0 and not warm.observe:
+            problems.add(
+                ("warm_start", "top_k"),
+                "top_k 0 enqueues nothing: give top_k >= 1, or set observe: true",
+                0,
+            )
 
     # -- conveniences ---------------------------------------------------------
 

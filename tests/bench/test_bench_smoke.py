@@ -82,17 +82,28 @@ def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> Non
     body = run_benchmark(module("search_quality"), tmp_path)
     assert 0 < body["best_accuracy_any_run"] <= 1
     assert body["config"]["dataset"] == "builtin:digits-shifted"
-    assert set(body["arms"]) == {"random_nopruning", "tpe_hyperband", "tpe_hyperband_warm"}
+    assert set(body["arms"]) == {
+        "random_nopruning",
+        "tpe_hyperband",
+        "tpe_hyperband_warm",
+        "tpe_hyperband_warm_observe",
+    }
     for out in body["thresholds"].values():
         for arm in out["arms"].values():
             assert arm["runs"] == body["config"]["seeds"]
             assert positive(arm["median_trials"]) and positive(arm["median_seconds"])
         assert positive(out["ratio_seconds_tpe_over_random"])
         assert positive(out["ratio_seconds_warm_over_cold"])
+        assert positive(out["ratio_seconds_observe_over_cold"])
     assert 0 < body["discrimination"]["ratio"] <= 1
     # The warm-started runs begin with the prior study's best, marked with their origin.
-    for log in body["trials"]["tpe_hyperband_warm"]:
-        assert log[0]["warm_start_from"].startswith("prior-")
+    for arm in ("tpe_hyperband_warm", "tpe_hyperband_warm_observe"):
+        for log in body["trials"][arm]:
+            assert log[0]["warm_start_from"].startswith("prior-")
+    # The observing arm's sampler read each prior's completed trials.
+    assert len(body["observations_per_run"]) == body["config"]["seeds"]
+    for prior, observed in zip(body["priors"], body["observations_per_run"], strict=True):
+        assert observed == sum(e["state"] == "COMPLETE" for e in prior)
 
 
 def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:

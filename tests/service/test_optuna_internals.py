@@ -257,6 +257,37 @@ def test_study_view_for(storage) -> None:
         assert [t.number for t in view.trials] == [0, 1, 2]
 
 
+def test_study_with_observations_is_what_samplers_read(storage) -> None:
+    study = study_with_trials(storage, n=2)
+    past = [
+        optuna.trial.FrozenTrial(
+            number=-1,
+            trial_id=-1,
+            state=TrialState.COMPLETE,
+            value=5.0,
+            datetime_start=None,
+            datetime_complete=None,
+            params={"x": 0.5, "n": 2, "c": "a"},
+            distributions=SPACE,
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+        )
+    ]
+    with fenced("optuna.Study._get_trials, the read of a study's trials samplers make"):
+        assert params_of(optuna.Study._get_trials) == ["deepcopy", "states", "use_cache"]
+        for sampler in (optuna.samplers.TPESampler, optuna.samplers.GPSampler):
+            assert "study._get_trials(" in inspect.getsource(sampler), sampler
+        view = internals.study_with_observations(study, past)
+        done = (TrialState.COMPLETE,)
+        assert [t.number for t in view._get_trials(False, done, True)] == [-1, 0, 1]
+        assert [t.number for t in view.get_trials(deepcopy=True)] == [-1, 0, 1]
+        assert [t.number for t in view.trials] == [-1, 0, 1]
+        assert view._get_trials(states=(TrialState.RUNNING,)) == []
+        assert view.directions == study.directions and view.sampler is study.sampler
+        assert [t.number for t in study.trials] == [0, 1]  # the study itself is untouched
+
+
 def test_single_value() -> None:
     with fenced("optuna.distributions._get_single_value"):
         assert internals.single_value(FloatDistribution(0.5, 0.5)) == 0.5

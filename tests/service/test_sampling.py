@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import FrozenTrial
 
 from service import study_cache
 from service._optuna_internals import (
@@ -24,10 +26,12 @@ from service._optuna_internals import (
     trial_id_of,
     uncached,
 )
+from service.models import StudyRecord
 from service.optuna_store import create_optuna_study
 from service.search import build_sampler, distributions
 from service.study_cache import LoadedStudy, forget_loaded_study, loaded_study
 from service.trial_lifecycle import ask_leased_trial, complete_leased_trial
+from service.warm_observe import ObservingSampler, observations, record_sources, recorded
 from tunefleet.spec import StudySpec
 
 SPACE = {
@@ -75,10 +79,15 @@ def score(params: dict[str, Any], objectives: int) -> list[float]:
 SCHEDULE = "a" * 3 + "taat" * 4 + "ta" * 6 + "atta" * 3 + "ttt"
 
 
-def with_optuna(storage, spec: StudySpec) -> list[dict[str, Any]]:
+def with_optuna(
+    storage, spec: StudySpec, observed: list[FrozenTrial] | None = None
+) -> list[dict[str, Any]]:
     create_optuna_study(storage, name="optuna", spec=spec, study_key=1)
-    study = optuna.load_study(study_name="optuna", storage=storage, sampler=build_sampler(spec))
-    assert not isinstance(study.sampler, ObservationCachingTPE)  # Optuna's own
+    sampler = build_sampler(spec)
+    assert not isinstance(sampler, ObservationCachingTPE)  # Optuna's own
+    if observed is not None:
+        sampler = ObservingSampler(sampler, observed)
+    study = optuna.load_study(study_name="optuna", storage=storage, sampler=sampler)
     space = distributions(spec)
     running: list[optuna.Trial] = []
     for step in SCHEDULE:
@@ -90,13 +99,21 @@ def with_optuna(storage, spec: StudySpec) -> list[dict[str, Any]]:
     return [t.params for t in study.get_trials(deepcopy=False)]
 
 
-def with_lease_path(storage, spec: StudySpec) -> tuple[list[dict[str, Any]], LoadedStudy]:
-    create_optuna_study(storage, name="service", spec=spec, study_key=2)
+def with_lease_path(
+    storage, spec: StudySpec, created: Callable[[int], None] | None = None
+) -> tuple[list[dict[str, Any]], LoadedStudy]:
+    """`created` is called with the Optuna study's id before the study is loaded."""
+    optuna_id = create_optuna_study(storage, name="service", spec=spec, study_key=2)
+    if created is not None:
+        created(optuna_id)
     entry = loaded_study(
         storage, optuna_study_name="service", spec=spec.model_dump(mode="json"), study_key=2
     )
     assert isinstance(entry.storage, SnapshotStorage)
-    assert isinstance(entry.study.sampler, ObservationCachingTPE) == (spec.sampler.type == "tpe")
+    sampler = entry.study.sampler
+    if isinstance(sampler, ObservingSampler):
+        sampler = sampler.sampler
+    assert isinstance(sampler, ObservationCachingTPE) == (spec.sampler.type == "tpe")
     running = []
     for step in SCHEDULE:
         if step == "a":
@@ -178,6 +195,51 @@ def test_lease_path_draws_what_study_ask_draws(
     assert [comparable(t.system_attrs) for t in fresh.trials] == [
         comparable(t.system_attrs) for t in baseline.trials
     ]
+    storage.engine.dispose()
+    uncached(entry.storage).engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [{}, {"multivariate": False}, {"type": "gp", "n_startup_trials": 4}],
+    ids=["tpe", "tpe-independent", "gp"],
+)
+def test_with_observations_the_lease_path_draws_what_study_ask_draws(
+    migrated_pg_url: str, sampler: dict
+) -> None:
+    """warm_start.observe: the service rebuilds the past trials from what the study kept
+    at creation; Optuna's study.ask, given the same observations through the same
+    wrapper, draws the same parameters."""
+    past_spec = spec_of(1)
+    spec = StudySpec.model_validate(
+        {
+            **spec_of(1, **sampler).model_dump(mode="json"),
+            "warm_start": {"studies": ["past"], "top_k": 0, "observe": True},
+        }
+    )
+    storage = optuna.storages.RDBStorage(migrated_pg_url)
+    past_id = create_optuna_study(storage, name="past", spec=past_spec, study_key=3)
+    past = optuna.load_study(
+        study_name="past", storage=storage, sampler=optuna.samplers.RandomSampler(seed=3)
+    )
+    space = distributions(past_spec)
+    for _ in range(12):
+        trial = past.ask(space)
+        past.tell(trial, score(trial.params, 1))
+    record = StudyRecord(name="past", optuna_study_id=past_id, spec=past_spec.model_dump())
+
+    def keep_sources(optuna_id: int) -> None:
+        assert record_sources(storage, sources=[record], spec=spec, optuna_study_id=optuna_id)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got, entry = with_lease_path(storage, spec, created=keep_sources)
+        sources, count = recorded(storage, optuna_study_id=entry.optuna_study_id)
+        observed = observations(storage, sources=sources, spec=spec)
+        expected = with_optuna(storage, spec, observed)
+    assert count == len(observed) == 12
+    assert [len(t.params) for t in observed] == [len(SPACE)] * 12
+    assert got == expected
     storage.engine.dispose()
     uncached(entry.storage).engine.dispose()
 

@@ -144,6 +144,12 @@ def summary_line(study: dict) -> Text:
         f" {study['state']}: {c.get('COMPLETE', 0)} done, {c.get('RUNNING', 0)} running, "
         f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; {best_so_far(study)}"
     )
+    if (warm := study.get("warm_start")) is not None:
+        sources = ", ".join(warm["sources"]) or "no past study"
+        line.append(
+            f"\nwarm start: the sampler observes {_plural(warm['observations'], 'past trial')} "
+            f"of {sources}"
+        )
     if study["state"] == "failed":
         line.append(
             f"\nfailed: {study.get('fail_reason') or 'too many failed trials'} "

@@ -78,7 +78,7 @@ def test_named_warm_start_enqueues_the_best_first_projected_and_deduplicated(
     answer = alice.post(STUDIES, json=spec)
     assert answer.status_code == 201, answer.text
     new = answer.json()
-    assert new["spec"]["warm_start"] == {"studies": [past["name"]], "top_k": 3}
+    assert new["spec"]["warm_start"] == {"studies": [past["name"]], "top_k": 3, "observe": False}
     queued = waiting(live_api, "alice", new)
     assert [(t["number"], t["params"], t["warm_start_from"]) for t in queued] == [
         (0, {"lr": 0.05, "head_depth": 2}, f"{past['name']}/1"),
