@@ -14,9 +14,9 @@ be copied or mounted on GPU nodes without it:
 Offline (`HF_HUB_OFFLINE=1`, or `TUNEFLEET_OFFLINE=1`) only the cache is read; a
 miss raises WeightsNotCached, one line naming the model and the prefetch command.
 
-`unfreeze_blocks` counts blocks from the top. For torchvision a block is a stage
-of sources.py (ResNet layers, RegNet blocks, the `features` of
-MobileNet/EfficientNet/ConvNeXt/VGG). For timm it is one of timm's own coarse
+`unfreeze_blocks` counts blocks from the top. For torchvision a block comes from
+the family's own module names (torchvision_blocks: ResNet layers, ViT encoder
+layers, Swin stages, DenseNet dense blocks, ...). For timm it is one of timm's own coarse
 parameter groups (`model.group_matcher(coarse=True)` through
 `timm.models.group_parameters`): the stem first, then each stage (ResNet,
 ConvNeXt, EfficientNet, MobileNet, RegNet, Swin) or each transformer block

@@ -6,7 +6,7 @@ A backbone is a sequence of stages (stem, blocks, ...) followed by `post`
 keep their batch-norm statistics (they stay in eval mode even in `train()`),
 so their output does not depend on the trial and can be cached.
 
-A backbone that is not a chain of stages (a timm ViT) is one stage whose
+A backbone that is not a chain of stages (a ViT) is one stage whose
 parameters come in blocks (`blocks`, names bottom first): `unfreeze_blocks = k`
 trains the parameters of its top k blocks, and its modules whose parameters are
 all frozen stay in eval mode. Only the head-only model (k = 0) has a frozen

@@ -14,6 +14,7 @@ tells the service, which prefers to hand it trials of those backbones.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import threading
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workers.transfer import backbones, builtin
+from workers.transfer import backbones, builtin, torchvision_blocks
 from workers.transfer.access import FileAccess
 from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, InputSpec
 from workers.transfer.errors import SourceModelError
@@ -37,8 +38,9 @@ class SourceModel:
     """A pretrained backbone split into stages; `backbone()` gives a fresh copy.
 
     `blocks` is None when each stage is a block that `unfreeze_blocks` counts; for a
-    timm model that is not a chain (one stage, the whole model) it holds the names of
-    that stage's parameters in each block, bottom first (backbones.timm_blocks).
+    timm or torchvision model that is not a chain (one stage, the whole model) it holds the names of
+    that stage's parameters in each block, bottom first (backbones.timm_blocks,
+    torchvision_blocks).
     """
 
     uri: str
@@ -264,15 +266,22 @@ def _matches(model: nn.Module, state: StateDict) -> bool:
     return all(k in given and given[k] == expected[k] for k in body)
 
 
-def _load_without_classifier(model: nn.Module, state: StateDict, classifier: str, uri: str) -> None:
-    """Load every weight but the old classifier's, which may have any number of classes."""
-    prefix = classifier + "."
-    body = {k: v for k, v in state.items() if not k.startswith(prefix)}
+def _load_without_classifier(
+    model: nn.Module, state: StateDict, classifier: str | tuple[str, ...], uri: str
+) -> None:
+    """Load every weight but the old classifier's (`classifier`: its name, or the prefixes
+    of what was dropped), which may have any number of classes."""
+    prefixes = (f"{classifier}.",) if isinstance(classifier, str) else classifier
+    body = OrderedDict((k, v) for k, v in state.items() if not k.startswith(prefixes))
+    # Module versions (MNASNet checks its own); a safetensors file carries none, so the
+    # model's current ones.
+    metadata = getattr(state, "_metadata", None)
+    body._metadata = metadata if metadata is not None else model.state_dict()._metadata  # type: ignore[attr-defined]
     try:
         missing, unexpected = model.load_state_dict(body, strict=False)
     except RuntimeError as exc:
         raise SourceModelError(f"{uri}: the weights do not fit the architecture: {exc}") from exc
-    missing = [k for k in missing if not k.startswith(prefix)]
+    missing = [k for k in missing if not k.startswith(prefixes)]
     if missing or unexpected:
         raise SourceModelError(
             f"{uri}: the weights do not fit the architecture (missing {missing[:5]}, "
@@ -298,6 +307,8 @@ def _from_digits_cnn(uri: str, state: StateDict, digest: str) -> SourceModel:
 def _from_torchvision(
     uri: str, name: str, state: StateDict, *, weights_name: str | None = None
 ) -> SourceModel:
+    """The model without its classifier, in the blocks of torchvision_blocks: as a chain
+    of stages where its forward is one (checked), else whole, frozen by parameter."""
     import torchvision
 
     try:
@@ -306,83 +317,35 @@ def _from_torchvision(
         raise SourceModelError(
             f"{uri}: torchvision has no model {name!r}; see torchvision.models.list_models()"
         ) from exc
-    classifier_name, classifier = _last_linear(model, uri)
-    _load_without_classifier(model, state, classifier_name, uri)
+    dropped, feature_dim = torchvision_blocks.headless(model, uri)
+    _load_without_classifier(model, state, dropped, uri)
     model.eval()
     input_spec = backbones.torchvision_input(name, weights_name)
-    stages, post = _split_stages(model, classifier_name, input_spec.size)
+    if hasattr(model, "transform_input"):
+        # Inception v3 and GoogLeNet: torchvision's builders turn on transform_input
+        # for their weights, which renormalises ImageNet-normalised input to
+        # (x - 0.5) / 0.5; normalising to that directly keeps the forward a chain.
+        input_spec = dataclasses.replace(input_spec, mean=(0.5,) * 3, std=(0.5,) * 3)
+    found = torchvision_blocks.layout(model)
+    blocks = torchvision_blocks.parameter_blocks(model, found.blocks)
+    split = torchvision_blocks.chain(model, found)
+    if (
+        split is not None
+        and backbones.stages_are_blocks(model, *split, blocks)
+        and _chain_matches(model, *split, input_spec)
+    ):
+        stages, post = split
+        groups = None
+    else:
+        stages, post = [copy.deepcopy(model)], nn.Flatten(1)
+        groups = tuple(tuple(block) for block in blocks)
     return SourceModel(
         uri=uri,
         arch=f"torchvision:{name}",
         content_hash=state_dict_hash(state),
         input_spec=input_spec,
-        feature_dim=classifier.in_features,
+        feature_dim=feature_dim,
         _stages=nn.ModuleList(stages),
         _post=post,
+        blocks=groups,
     )
-
-
-def _last_linear(model: nn.Module, uri: str) -> tuple[str, nn.Linear]:
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise SourceModelError(f"{uri}: the model has no linear classifier to replace")
-    return linears[-1]
-
-
-def _split_stages(
-    model: nn.Module, classifier_name: str, size: int
-) -> tuple[list[nn.Module], nn.Module]:
-    """Stages for the common families, checked against the model's own forward pass."""
-    stages: list[nn.Module] | None = None
-    post: nn.Module | None = None
-    if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1", "layer4", "avgpool", "fc")):
-        # ResNet, ResNeXt, Wide ResNet
-        stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-        stages = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
-        post = nn.Sequential(model.avgpool, nn.Flatten(1))
-    elif all(hasattr(model, a) for a in ("stem", "trunk_output", "avgpool", "fc")):
-        # RegNet
-        stages = [model.stem, *model.trunk_output.children()]
-        post = nn.Sequential(model.avgpool, nn.Flatten(1))
-    elif isinstance(getattr(model, "features", None), nn.Sequential) and isinstance(
-        getattr(model, "classifier", None), nn.Sequential
-    ):
-        # MobileNet, EfficientNet, ConvNeXt, VGG
-        rest = list(model.classifier)[:-1]
-        pool = getattr(model, "avgpool", None) or nn.AdaptiveAvgPool2d(1)
-        flatten = [] if any(isinstance(m, nn.Flatten) for m in rest) else [nn.Flatten(1)]
-        stages = list(model.features.children())
-        post = nn.Sequential(pool, *flatten, *rest)
-    if (
-        stages is not None
-        and post is not None
-        and _same_features(model, classifier_name, stages, post, size)
-    ):
-        return stages, post
-    # Any other architecture: one stage, so unfreeze_blocks >= 1 trains all of it.
-    whole = copy.deepcopy(model)
-    _replace(whole, classifier_name, nn.Identity())
-    return [whole], nn.Flatten(1)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-@torch.no_grad()
-def _same_features(
-    model: nn.Module, classifier_name: str, stages: list[nn.Module], post: nn.Module, size: int
-) -> bool:
-    reference = copy.deepcopy(model).eval()
-    _replace(reference, classifier_name, nn.Identity())
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    try:
-        expected = reference(x).flatten(1)
-        got = x
-        for module in [*stages, post]:
-            got = module.eval()(got)
-    except Exception:
-        return False
-    return got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4, rtol=1e-3)
