@@ -172,16 +172,7 @@ def _load_timm(uri: str, name: str, weights: str, cache_dir: Path) -> SourceMode
     input_spec = backbones.timm_input(model)
     blocks = backbones.timm_blocks(model)
     split = backbones.timm_stages(model)
-    if (
-        split is not None
-        and backbones.stages_are_blocks(model, *split, blocks)
-        and _chain_matches(model, *split, input_spec)
-    ):
-        stages, post = split
-        groups = None
-    else:
-        stages, post = [copy.deepcopy(model)], nn.Flatten(1)
-        groups = tuple(tuple(block) for block in blocks)
+    stages, post, groups = _stages_or_blocks(model, split, blocks, input_spec)
     return SourceModel(
         uri=uri,
         arch=f"timm:{name}",
@@ -202,6 +193,25 @@ def _feature_width(model: nn.Module, spec: InputSpec) -> int:
 
 
 @torch.no_grad()
+def _stages_or_blocks(
+    model: nn.Module,
+    split: tuple[list[nn.Module], nn.Module] | None,
+    blocks: list[list[str]],
+    input_spec: InputSpec,
+) -> tuple[list[nn.Module], nn.Module, tuple[tuple[str, ...], ...] | None]:
+    """The model as a chain of stages when `split` is one stage per block and gives the
+    model's own output (the frozen stages can then be cached); else the whole model,
+    with its blocks as parameter names, frozen parameter by parameter."""
+    if (
+        split is not None
+        and backbones.stages_are_blocks(model, *split, blocks)
+        and _chain_matches(model, *split, input_spec)
+    ):
+        stages, post = split
+        return stages, post, None
+    return [copy.deepcopy(model)], nn.Flatten(1), tuple(tuple(block) for block in blocks)
+
+
 def _chain_matches(
     model: nn.Module, stages: list[nn.Module], post: nn.Module, spec: InputSpec
 ) -> bool:
@@ -329,16 +339,7 @@ def _from_torchvision(
     found = torchvision_blocks.layout(model)
     blocks = torchvision_blocks.parameter_blocks(model, found.blocks)
     split = torchvision_blocks.chain(model, found)
-    if (
-        split is not None
-        and backbones.stages_are_blocks(model, *split, blocks)
-        and _chain_matches(model, *split, input_spec)
-    ):
-        stages, post = split
-        groups = None
-    else:
-        stages, post = [copy.deepcopy(model)], nn.Flatten(1)
-        groups = tuple(tuple(block) for block in blocks)
+    stages, post, groups = _stages_or_blocks(model, split, blocks, input_spec)
     return SourceModel(
         uri=uri,
         arch=f"torchvision:{name}",
