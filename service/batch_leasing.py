@@ -19,7 +19,6 @@ lost), as a single lease does.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -30,16 +29,14 @@ from sqlalchemy.orm import Session
 from service.auth import Principal
 from service.budget import study_budget
 from service.config import Settings
-from service.fair_share import running_trials_by_owner, studies_in_turn
+from service.fair_share import loaded_studies_in_turn, running_trials_by_owner
 from service.handout import start_trial
 from service.lease_rows import held_leases, open_leases, renew_leases
 from service.models import StudyRecord, StudyState
-from service.study_cache import LoadedStudy, forget_loaded_study, study_of
+from service.study_cache import LoadedStudy, forget_loaded_study
 from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
 
 __all__ = ["lease_trials"]
-
-log = logging.getLogger(__name__)
 
 
 def lease_trials(
@@ -65,12 +62,8 @@ def lease_trials(
     if held:
         return held[:count]
     warm = frozenset(warm_backbones)
-    for record in studies_in_turn(session, settings=settings, holder=holder, warm=warm):
-        try:
-            entry = study_of(storage, record)
-        except KeyError:  # its Optuna study was deleted behind TuneFleet's back
-            log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
-            continue
+    in_turn = loaded_studies_in_turn(session, storage, settings=settings, holder=holder, warm=warm)
+    for record, entry in in_turn:
         assignments = _lease_batch(
             session,
             settings=settings,

@@ -17,17 +17,28 @@ only that owner's studies; the studies of owners with a private fleet
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import timedelta
 
 import sqlalchemy as sa
+from optuna.storages import BaseStorage
 from sqlalchemy.orm import Session
 
 from service.auth import Principal
 from service.config import Settings
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
+from service.study_cache import LoadedStudy, study_of
 
-__all__ = ["FAIR_SHARE_WINDOW_S", "running_trials_by_owner", "studies_in_turn"]
+__all__ = [
+    "FAIR_SHARE_WINDOW_S",
+    "loaded_studies_in_turn",
+    "running_trials_by_owner",
+    "studies_in_turn",
+]
+
+log = logging.getLogger(__name__)
 
 # How far back the leases handed out count towards a share.
 FAIR_SHARE_WINDOW_S = 60.0
@@ -107,3 +118,22 @@ def _uses_warm_backbone(record: StudyRecord, warm: frozenset[str]) -> bool:
     searched = (spec.get("search_space") or {}).get("source_model") or {}
     choices = searched.get("choices") if isinstance(searched, dict) else None
     return bool(warm.intersection(choices or [spec.get("source_model")]))
+
+
+def loaded_studies_in_turn(
+    session: Session,
+    storage: BaseStorage,
+    *,
+    settings: Settings,
+    holder: Principal | None,
+    warm: frozenset[str],
+) -> Iterator[tuple[StudyRecord, LoadedStudy]]:
+    """`studies_in_turn` with each study's loaded Optuna study, for the lease paths;
+    a study whose Optuna study was deleted behind TuneFleet's back is skipped."""
+    for record in studies_in_turn(session, settings=settings, holder=holder, warm=warm):
+        try:
+            entry = study_of(storage, record)
+        except KeyError:
+            log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
+            continue
+        yield record, entry

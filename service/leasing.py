@@ -20,7 +20,6 @@ call again gets the same answer and a different one a 409.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from datetime import timedelta
@@ -33,7 +32,7 @@ from service.auth import Principal
 from service.budget import fail_and_requeue, lease_worker_attrs, settle_study, study_budget
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
-from service.fair_share import studies_in_turn
+from service.fair_share import loaded_studies_in_turn
 from service.handout import start_trial
 from service.lease_holder import check_completion, check_holder
 from service.lease_rows import held_leases, open_leases, renew_leases
@@ -57,8 +56,6 @@ from tunefleet.protocol import (
 )
 
 __all__ = ["complete_trial", "fail_trial", "heartbeat", "lease_trial", "report_intermediate"]
-
-log = logging.getLogger(__name__)
 
 _STOPPING_STUDY_STATES = (StudyState.PAUSED, StudyState.STOPPED, StudyState.FAILED)
 
@@ -89,12 +86,8 @@ def lease_trial(
         session.commit()
         return answer
     warm = frozenset(warm_backbones)
-    for record in studies_in_turn(session, settings=settings, holder=holder, warm=warm):
-        try:
-            entry = study_of(storage, record)
-        except KeyError:  # its Optuna study was deleted behind TuneFleet's back
-            log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
-            continue
+    in_turn = loaded_studies_in_turn(session, storage, settings=settings, holder=holder, warm=warm)
+    for record, entry in in_turn:
         assignment = _lease_from_study(
             session,
             storage=storage,
