@@ -101,3 +101,18 @@ def test_the_trial_bound_is_the_api_setting(
     monkeypatch.setenv("TUNEFLEET_MAX_CACHED_TRIALS", "7")
     in_process_app(live_api.database_url, tmp_path)
     assert study_cache.MAX_CACHED_TRIALS == 7
+
+
+def test_a_study_whose_optuna_study_was_deleted_behind_tunefleet_is_skipped(live_api: LiveApi):
+    import optuna
+
+    from tests.service.api.conftest import optuna_storage
+
+    gone = _only_running(live_api, sampler={"type": "random"}, priority=5)
+    live_api.as_("root").post(f"/api/v1/studies/{gone}/pause")
+    other = _only_running(live_api, sampler={"type": "random"})
+    live_api.as_("root").post(f"/api/v1/studies/{gone}/resume")
+    detail = live_api.as_("alice").get(f"/api/v1/studies/{gone}").json()
+    optuna.delete_study(study_name=detail["optuna_study_name"], storage=optuna_storage(live_api))
+    (assignment,) = _run(live_api, other, 1, "skip-worker")
+    assert assignment["study_id"] == other
