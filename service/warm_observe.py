@@ -3,7 +3,7 @@
 With `warm_start.observe`, the sampler of a new study reads, before the study's
 own trials, the completed trials of the past studies its warm start resolved at
 creation (up to TRIALS_READ_PER_STUDY each), projected onto the new search space
-with `project_params` and valued on the new study's objectives. TPE (or GP) then
+with `project_trial` and valued on the new study's objectives. TPE (or GP) then
 models them from its first ask instead of sampling its random startup trials.
 
 They are FrozenTrials numbered below 0 that exist only in what the sampler reads
@@ -40,9 +40,11 @@ from service.optuna_store import trial_state_counts
 from service.search import distributions
 from service.warm_start import (
     WARM_START_ATTR,
+    backbones_of,
     completed_trials,
     objective_values,
     project_params,
+    project_trial,
 )
 from tunefleet.spec import StudySpec
 
@@ -71,6 +73,9 @@ class ObservedSource:
     optuna_study_id: int
     objectives: list[dict[str, Any]]  # its spec's objectives: which value is which metric
     trials_before: int  # its trial count at creation: later trials are not observed
+    # The backbones its trials ran on (warm_start.backbones_of); None in a record kept
+    # before backbones were: its trials are then projected by their parameters alone.
+    backbones: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, storage: BaseStorage, record: StudyRecord) -> ObservedSource:
@@ -81,6 +86,7 @@ class ObservedSource:
             optuna_study_id=record.optuna_study_id,
             objectives=list(record.spec.get("objectives", [])),
             trials_before=sum(counts.values()),
+            backbones=backbones_of(record.spec),
         )
 
 
@@ -117,6 +123,7 @@ def observations(
     """The sources' completed trials as observations of `spec`'s study, in source order
     and then by trial number; each names its origin (`warm_start_from: study/number`)."""
     space = set(spec.search_space)
+    runs_on = backbones_of(spec.model_dump(mode="json"))
     found: list[tuple[dict[str, Any], tuple[float, ...], str]] = []
     for source in sources:
         try:
@@ -132,8 +139,13 @@ def observations(
         metrics = [o.get("metric") for o in source.objectives]
         for trial in sorted(trials, key=lambda t: t.number):
             values = objective_values(trial, metrics=metrics, spec=spec)
-            params = project_params(trial.params, spec=spec)
-            if values is not None and params.keys() == space:
+            if source.backbones is None:
+                params: dict[str, Any] | None = project_params(trial.params, spec=spec)
+            else:
+                params = project_trial(
+                    trial.params, ran_on=source.backbones, spec=spec, runs_on=runs_on
+                )
+            if values is not None and params is not None and params.keys() == space:
                 found.append((params, values, f"{source.name}/{trial.number}"))
     return observation_trials(found, space=distributions(spec))
 

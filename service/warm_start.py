@@ -7,15 +7,22 @@ answer never tells whether another owner has a study of that name), and
 objectives, projects the best onto the new search space and enqueues them,
 each marked with where it came from (`warm_start_from: study/number`).
 
-`auto` picks the owner's past studies with the same source model whose
+`auto` picks the owner's past studies that share a backbone with the new one
+(the same source model and weights, or one of its searched choices) and whose
 dataset has the fingerprint last reported for the new study's dataset: the
 worker reports the sha256 of a dataset's content with every trial it
 completes, so two URIs of the same data match and a folder whose files
 changed does not.
+
+A configuration is about the backbone it ran on: a past trial on a backbone the
+new study does not use is left out, and when the new study searches
+`source_model`, a past trial of a study with one fixed source model is enqueued
+on that model (`project_trial`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +37,7 @@ from service.errors import InvalidSpec
 from service.models import StudyRecord
 from tunefleet.protocol import DATASET_FINGERPRINT_ATTR
 from tunefleet.spec import (
+    SOURCE_PARAM,
     CategoricalParam,
     FloatParam,
     IntParam,
@@ -42,12 +50,14 @@ __all__ = [
     "WARM_START_ATTR",
     "WarmStartTrial",
     "auto_sources",
+    "backbones_of",
     "best_configurations",
     "completed_trials",
     "dataset_fingerprint",
     "enqueue_warm_start",
     "objective_values",
     "project_params",
+    "project_trial",
     "resolve_sources",
 ]
 
@@ -110,8 +120,9 @@ def dataset_fingerprint(storage: BaseStorage, *, record: StudyRecord) -> str | N
 def auto_sources(
     session: Session, storage: BaseStorage, *, owner: str, spec: StudySpec
 ) -> list[StudyRecord]:
-    """The owner's past studies with the same source model and dataset fingerprint,
-    newest first; none when no study has reported a fingerprint for this dataset."""
+    """The owner's past studies that share a backbone (model and weights) with `spec`
+    and have its dataset's fingerprint, newest first; none when no study has reported
+    a fingerprint for this dataset."""
     rows = session.scalars(
         sa.select(StudyRecord)
         .where(StudyRecord.owner == owner, StudyRecord.optuna_study_id.is_not(None))
@@ -134,13 +145,9 @@ def auto_sources(
     )
     if target is None:
         return []
-    same_source = [
-        r
-        for r in rows
-        if r.spec.get("source_model") == spec.source_model
-        and r.spec.get("source_weights") == spec.source_weights
-    ]
-    return [r for r in same_source if fingerprint(r) == target][:AUTO_MAX_STUDIES]
+    wanted = backbones_of(spec.model_dump(mode="json")).items()
+    sharing = [r for r in rows if wanted & backbones_of(r.spec).items()]
+    return [r for r in sharing if fingerprint(r) == target][:AUTO_MAX_STUDIES]
 
 
 def enqueue_warm_start(
@@ -166,16 +173,21 @@ def best_configurations(
     """The best `top_k` distinct projected configurations, best first."""
     assert spec.warm_start is not None
     scored: list[tuple[tuple[float, ...], str, dict[str, Any]]] = []
+    runs_on = backbones_of(spec.model_dump(mode="json"))
     for record in sources:
         for trial in _completed(storage, record=record):
             scores = _scores(trial, record=record, spec=spec)
-            if scores is not None:
-                scored.append((scores, f"{record.name}/{trial.number}", trial.params))
+            if scores is None:
+                continue
+            projected = project_trial(
+                trial.params, ran_on=backbones_of(record.spec), spec=spec, runs_on=runs_on
+            )
+            if projected is not None:
+                scored.append((scores, f"{record.name}/{trial.number}", projected))
     ranked = _rank(scored, several=len(spec.objectives) > 1)
     out: list[WarmStartTrial] = []
     seen: set[tuple] = set()
-    for _, origin, params in ranked:
-        projected = project_params(params, spec=spec)
+    for _, origin, projected in ranked:
         key = tuple(sorted(projected.items()))
         if not projected or key in seen:
             continue
@@ -259,6 +271,42 @@ def _rank(scored: list, *, several: bool) -> list:
 
     front = [s for s in by_first if not dominated(s[0])]
     return front
+
+
+def backbones_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """The source models a study's trials run on (its searched `source_model` choices,
+    else its one source model), each with its weights (a JSON spec)."""
+    searched = (spec.get("search_space") or {}).get(SOURCE_PARAM) or {}
+    models = searched.get("choices") if searched.get("type") == "categorical" else None
+    weights = spec.get("source_weights")
+    return {
+        model: json.dumps(weights.get(model) if isinstance(weights, dict) else weights)
+        for model in models or [spec.get("source_model")]
+    }
+
+
+def project_trial(
+    params: dict[str, Any],
+    *,
+    ran_on: dict[str, Any],
+    spec: StudySpec,
+    runs_on: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """A past trial's parameters onto `spec` (project_params), given the backbones its
+    study ran on and those of `spec` (`backbones_of`, computed when not given); None
+    when it ran on a backbone `spec` does not use (same model and weights), whose
+    result says nothing of this study's."""
+    backbone = params.get(SOURCE_PARAM)
+    if backbone is None and len(ran_on) == 1:
+        (backbone,) = ran_on
+    if backbone is not None:
+        if runs_on is None:
+            runs_on = backbones_of(spec.model_dump(mode="json"))
+        if backbone not in runs_on or ran_on.get(backbone) != runs_on[backbone]:
+            return None
+        if SOURCE_PARAM in spec.search_space:
+            params = {**params, SOURCE_PARAM: backbone}
+    return project_params(params, spec=spec)
 
 
 def project_params(params: dict[str, Any], *, spec: StudySpec) -> dict[str, Any]:

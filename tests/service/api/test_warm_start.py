@@ -241,3 +241,77 @@ def test_projection_snaps_to_the_step_and_drops_what_does_not_fit() -> None:
         {"dropout": 0.93, "head_width": 41, "optimizer": "adamw", "lr": 0.1}, spec=spec
     )
     assert projected == {"dropout": 0.5, "head_width": 48}
+
+
+RESNET, MOBILENET, VIT = "timm:resnet18", "timm:mobilenetv3_small_050", "timm:vit_tiny_patch16_224"
+
+
+def backbone_space(*choices: str) -> dict[str, Any]:
+    space = study_spec()["search_space"]
+    return {**space, "source_model": {"type": "categorical", "choices": list(choices)}}
+
+
+def test_auto_takes_a_past_study_that_searched_an_overlapping_backbone(
+    live_api: LiveApi,
+) -> None:
+    client = live_api.as_("bob")
+    fp = {DATASET_FINGERPRINT_ATTR: "b" * 64}
+    searched = create_study(
+        client,
+        dataset="builtin:digits-shifted",
+        source_model=RESNET,
+        source_weights="pretrained",
+        search_space=backbone_space(RESNET, MOBILENET),
+    )
+    add_completed(
+        live_api,
+        searched,
+        [
+            ({**p(0.02), "source_model": MOBILENET}, [0.9]),
+            ({**p(0.03), "source_model": RESNET}, [0.8]),
+        ],
+        fp,
+    )
+    # No backbone in common: not a match.
+    elsewhere = create_study(
+        client,
+        dataset="builtin:digits-shifted",
+        source_model="timm:efficientnet_b0",
+        source_weights="pretrained",
+    )
+    add_completed(live_api, elsewhere, [(p(0.04), [0.99])], fp)
+    new = create_study(
+        client,
+        dataset="builtin:digits-shifted",
+        source_model=MOBILENET,
+        source_weights="pretrained",
+        search_space=backbone_space(MOBILENET, VIT),
+        warm_start={"studies": "auto", "top_k": 5},
+    )
+    # Only the trial on mobilenet, the backbone the two studies share, is enqueued.
+    (trial,) = waiting(live_api, "bob", new)
+    assert trial["warm_start_from"] == f"{searched['name']}/0"
+    assert trial["params"]["source_model"] == MOBILENET
+
+
+def test_a_fixed_backbone_past_trial_runs_on_its_backbone_in_a_searching_study(
+    live_api: LiveApi,
+) -> None:
+    client = live_api.as_("alice")
+    tv = "torchvision:resnet50"
+    fixed = create_study(client, source_model=VIT, source_weights="pretrained")
+    add_completed(live_api, fixed, [(p(0.02), [0.9])])
+    other_weights = create_study(client, source_model=tv, source_weights="IMAGENET1K_V1")
+    add_completed(live_api, other_weights, [(p(0.03), [0.95])])
+    new = create_study(
+        client,
+        source_model=tv,
+        source_weights={tv: "IMAGENET1K_V2", VIT: "pretrained"},
+        search_space=backbone_space(tv, VIT),
+        warm_start={"studies": [fixed["name"], other_weights["name"]], "top_k": 5},
+    )
+    # The ResNet-50 trial ran on other weights: left out; the ViT one is enqueued on ViT,
+    # not on whichever backbone the sampler would draw.
+    (trial,) = waiting(live_api, "alice", new)
+    assert trial["warm_start_from"] == f"{fixed['name']}/0"
+    assert trial["params"]["source_model"] == VIT
