@@ -36,7 +36,8 @@ from bench.harness import (
     write_results,
 )
 from workers.transfer import builtin, run_trial
-from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, Dataset, load_dataset
+from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD
+from workers.transfer.data import Dataset, load_dataset
 from workers.transfer.features import FeatureCache
 from workers.transfer.sources import DIGITS_INPUT
 

@@ -7,6 +7,8 @@
   each lazily inside the command that runs it.
 - `tunefleet worker` (its help and a running worker) loads no module of the
   service, FastAPI, SQLAlchemy or Alembic; `tunefleet serve` loads no torch.
+- The modules of workers/ and tunefleet/ stay small, like the service's
+  (tests/service/test_layout.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ CONTRACT_MODULES = {"tunefleet", *(f"tunefleet.{p.stem}" for p in CONTRACT)}
 CONTRACT_THIRD_PARTY = {"pydantic", "pydantic_core", "yaml"}
 SERVICE_STACK = {"service", "fastapi", "starlette", "sqlalchemy", "alembic", "psycopg", "uvicorn"}
 TORCH_STACK = {"torch", "torchvision", "sklearn", "workers"}
+MAX_LINES = 450
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -185,3 +188,15 @@ def test_the_app_the_api_serves_loads_no_torch():
     )
     assert "fastapi" in loaded
     assert not loaded & TORCH_STACK, f"the API loads {loaded & TORCH_STACK}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*python_files("workers"), *python_files("tunefleet")],
+    ids=lambda p: str(p.relative_to(REPO_ROOT)),
+)
+def test_no_worker_or_contract_module_is_over_450_lines(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, (
+        f"{path.relative_to(REPO_ROOT)} has {lines} lines: look for its second job"
+    )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Loc = tuple[str | int, ...]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
 class SpecError(ValueError):

@@ -6,12 +6,16 @@ Public names are re-exported by `tunefleet.spec`; import them from there.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
-from tunefleet._spec_base import Problems, SpecModel, custom_error, show_value
+from tunefleet._spec_base import Loc, Problems, SpecError, SpecModel, custom_error, show_value
 
+if TYPE_CHECKING:
+    from tunefleet.spec import StudySpec
+
+MAX_GRID_POINTS = 100_000
 ParamValue = StrictBool | StrictInt | StrictFloat | str
 """A hyperparameter value as JSON carries it."""
 
@@ -303,3 +307,110 @@ def canonical_value(dist: FloatParam | IntParam | CategoricalParam, value: Any) 
         return float(value)
     key = choice_key(value)
     return next(c for c in dist.choices if choice_key(c) == key)
+
+
+def grid_size(spec: StudySpec) -> int:
+    """Number of points of a finite search space (raises ValueError for a continuous one)."""
+    return math.prod(grid_count(dist) for dist in spec.search_space.values())
+
+
+def grid_values(spec: StudySpec) -> dict[str, list[ParamValue]]:
+    """Every value of each parameter of a finite search space (for the grid sampler)."""
+    values: dict[str, list[ParamValue]] = {}
+    for name, dist in spec.search_space.items():
+        if isinstance(dist, CategoricalParam):
+            values[name] = list(dist.choices)
+        elif isinstance(dist, IntParam):
+            values[name] = list(range(dist.low, dist.high + 1, dist.step))
+        else:
+            assert dist.step is not None
+            values[name] = [round(dist.low + i * dist.step, 12) for i in range(grid_count(dist))]
+    return values
+
+
+def validate_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Check `params` (a subset of the search space) against it; return them canonical.
+
+    Used to enqueue a trial with fixed values: every name must be searched by
+    the spec and every value must lie in its distribution (on its step, among
+    its choices). Raises SpecError with paths like `params.lr`.
+    """
+    errors: list[dict[str, str]] = []
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        path = f"params.{name}"
+        dist = spec.search_space.get(name)
+        if dist is None:
+            errors.append(
+                {
+                    "path": path,
+                    "message": f"{show_value(name)} is not in the study's search "
+                    "space; searched: " + ", ".join(spec.search_space),
+                }
+            )
+            continue
+        why = problem_in_distribution(dist, value)
+        if why is not None:
+            errors.append({"path": path, "message": f"{name} {why}"})
+            continue
+        out[name] = canonical_value(dist, value)
+    if errors:
+        raise SpecError(errors)
+    return out
+
+
+def check_sampler(spec: StudySpec, problems: Problems) -> None:
+    """The sampler against the objectives and the search space (cmaes, grid)."""
+    sampler = spec.sampler
+    loc: Loc = ("sampler", "type")
+    if isinstance(sampler, CmaEsSampler):
+        numeric = [d for d in spec.search_space.values() if not isinstance(d, CategoricalParam)]
+        if len(spec.objectives) > 1:
+            problems.add(loc, "cmaes handles one objective only; use nsga2, tpe or gp", "cmaes")
+        elif len(numeric) < 2:
+            problems.add(
+                loc,
+                "cmaes needs at least two float or int parameters in search_space; "
+                "use tpe or gp for this space",
+                "cmaes",
+            )
+    elif isinstance(sampler, GridSampler):
+        for name, dist in spec.search_space.items():
+            if isinstance(dist, FloatParam) and dist.step is None:
+                problems.add(
+                    loc,
+                    f"grid needs a finite space: give search_space.{name} a step or "
+                    "make it categorical",
+                    "grid",
+                )
+                return
+        if (size := grid_size(spec)) > MAX_GRID_POINTS:
+            problems.add(
+                loc,
+                f"the grid has {size} points, more than {MAX_GRID_POINTS}: use fewer "
+                "values or another sampler",
+                "grid",
+            )
+
+
+def check_pruner(spec: StudySpec, problems: Problems) -> None:
+    """The pruner against the objectives and the budget."""
+    pruner = spec.pruner
+    if pruner is None or isinstance(pruner, NopPruner):
+        return
+    if len(spec.objectives) > 1:
+        problems.add(
+            ("pruner", "type"),
+            "Optuna cannot prune multi-objective studies: use pruner type none "
+            "(or leave the pruner out)",
+            pruner.type,
+        )
+    elif isinstance(pruner, HyperbandPruner):
+        max_resource = pruner.max_resource or spec.budget.epochs
+        if pruner.min_resource > max_resource:
+            problems.add(
+                ("pruner", "min_resource"),
+                f"min_resource ({pruner.min_resource}) exceeds max_resource "
+                f"({max_resource} epochs)",
+                pruner.min_resource,
+            )

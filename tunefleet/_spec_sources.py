@@ -14,13 +14,21 @@ searched, `source_weights` maps each choice to its weights.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from tunefleet._spec_backbones import TIMM_MODELS, TORCHVISION_WEIGHTS
+from tunefleet._spec_base import Loc, Problems
+from tunefleet._spec_search import CategoricalParam
+
+if TYPE_CHECKING:
+    from tunefleet.spec import StudySpec
 
 BUILTIN_MODELS = ("digits-cnn",)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 FAMILIES = ("builtin", "timm", "torchvision", "file")
 PRETRAINED = "pretrained"
+SOURCE_PARAM = "source_model"
+"""The search-space name under which the source model itself is searched."""
 _TIMM_TAG = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?$")
 
 SourceWeights = str | dict[str, str] | None
@@ -94,3 +102,46 @@ def weights_for(weights: SourceWeights, uri: str) -> str | None:
     if isinstance(weights, dict):
         return weights.get(uri)
     return weights
+
+
+def check_source(spec: StudySpec, problems: Problems) -> None:
+    """source_model, a searched source_model and source_weights, against each other."""
+    searched = spec.search_space.get(SOURCE_PARAM)
+    weights = spec.source_weights
+    if searched is None:
+        if isinstance(weights, dict):
+            problems.add(
+                ("source_weights",),
+                "a map of weights applies when search_space.source_model searches the "
+                "source model; give one value for " + spec.source_model,
+            )
+        elif (why := weights_problem(spec.source_model, weights)) is not None:
+            problems.add(("source_weights",), why, weights)
+        return
+    loc: Loc = ("search_space", SOURCE_PARAM)
+    if not isinstance(searched, CategoricalParam):
+        problems.add((*loc, "type"), "source_model is searched as type: categorical", "")
+        return
+    choices = [c for c in searched.choices if isinstance(c, str)]
+    for j, choice in enumerate(searched.choices):
+        if (why := source_problem(choice)) is not None:
+            problems.add((*loc, "choices", j), why, choice)
+    if spec.source_model not in choices:
+        problems.add(
+            ("source_model",),
+            "with source_model searched, source_model (the default) must be one of "
+            "its choices, or left out",
+            spec.source_model,
+        )
+    for key in weights if isinstance(weights, dict) else ():
+        if key not in choices:
+            problems.add(("source_weights", key), "not one of search_space.source_model.choices")
+    for choice in choices:
+        if source_problem(choice) is not None:
+            continue
+        why = weights_problem(choice, weights_for(weights, choice))
+        if why is not None:
+            at: Loc = (
+                ("source_weights", choice) if isinstance(weights, dict) else ("source_weights",)
+            )
+            problems.add(at, why, weights_for(weights, choice))

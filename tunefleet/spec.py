@@ -11,22 +11,25 @@ than one objective (`Trial.report` / `should_prune` raise for them). A spec
 with several objectives therefore gets `pruner: {type: none}` when it names no
 pruner, and is rejected when it asks for any other pruner. Workers still send
 intermediate values; they are recorded for the dashboard, never acted on.
+
+The parts of the spec and their checks live beside it: _spec_params.py (the
+known hyperparameters), _spec_search.py (distributions, samplers, pruners,
+grids), _spec_objectives.py (metrics, robustness, compression),
+_spec_sources.py (source models and weights), _spec_warm.py (warm starts).
+Import every public name from here.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args
+from typing import Any
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunefleet._spec_base import (
-    Loc,
+    NAME_PATTERN,
     Problems,
     SpecError,
     SpecModel,
@@ -34,6 +37,22 @@ from tunefleet._spec_base import (
     custom_error,
     field_path,
     show_value,
+)
+from tunefleet._spec_objectives import (
+    CORRUPTIONS,
+    METRICS,
+    PGD,
+    Compression,
+    Corruption,
+    Objective,
+    Robustness,
+)
+from tunefleet._spec_params import (
+    KNOWN_PARAMS,
+    KnownParam,
+    check_fixed_params,
+    check_search_space,
+    param_problem,
 )
 from tunefleet._spec_search import (
     CategoricalParam,
@@ -54,18 +73,22 @@ from tunefleet._spec_search import (
     SearchParam,
     SuccessiveHalvingPruner,
     TPESampler,
-    canonical_value,
-    grid_count,
-    problem_in_distribution,
+    check_pruner,
+    check_sampler,
+    grid_size,
+    grid_values,
+    validate_params,
 )
 from tunefleet._spec_sources import (
     BUILTIN_MODELS,
+    SOURCE_PARAM,
     WEIGHT_SUFFIXES,
     SourceWeights,
+    check_source,
     source_problem,
     weights_for,
-    weights_problem,
 )
+from tunefleet._spec_warm import OBSERVING_SAMPLERS, WarmStart, check_warm_start
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -110,193 +133,7 @@ __all__ = [
     "validate_params",
 ]
 
-# --------------------------------------------------------------------------
-# Vocabulary shared with the workers
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KnownParam:
-    """A hyperparameter the trial engine understands, its default and its valid values."""
-
-    kind: Literal["float", "int", "categorical"]
-    default: float | int | str
-    description: str
-    choices: tuple[str, ...] | None = None
-    min: float | None = None
-    max: float | None = None
-    min_open: bool = False  # min itself is not allowed
-    max_open: bool = False  # max itself is not allowed
-
-    def bounds_text(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(self.choices)
-        left = "(" if self.min_open else "["
-        right = ")" if self.max_open else "]"
-        return f"in {left}{self.min:g}, {self.max:g}{right}"
-
-    def problem_with(self, value: Any) -> str | None:
-        """Why `value` is not valid for this parameter, or None when it is."""
-        if self.kind == "categorical":
-            if not isinstance(value, str) or value not in (self.choices or ()):
-                return f"must be {self.bounds_text()}, got {show_value(value)}"
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be a number ({self.kind}), got {show_value(value)}"
-        if self.kind == "int" and not float(value).is_integer():
-            return f"must be an integer, got {show_value(value)}"
-        if not math.isfinite(value):
-            return f"must be finite, got {show_value(value)}"
-        assert self.min is not None and self.max is not None
-        too_low = value <= self.min if self.min_open else value < self.min
-        too_high = value >= self.max if self.max_open else value > self.max
-        if too_low or too_high:
-            return f"must be {self.bounds_text()}, got {show_value(value)}"
-        return None
-
-    def coerce(self, value: Any) -> Any:
-        """The canonical Python value (int for int params, float for float params)."""
-        if self.kind == "int":
-            return int(value)
-        if self.kind == "float":
-            return float(value)
-        return value
-
-
-KNOWN_PARAMS: dict[str, KnownParam] = {
-    "lr": KnownParam("float", 1e-3, "learning rate", min=0.0, max=10.0, min_open=True),
-    "activation": KnownParam(
-        "categorical",
-        "relu",
-        "activation of the new head",
-        choices=("relu", "gelu", "silu", "tanh", "leaky_relu", "elu"),
-    ),
-    "head_depth": KnownParam("int", 1, "layers in the new head", min=1, max=8),
-    "head_width": KnownParam("int", 128, "width of the head's hidden layers", min=1, max=8192),
-    "dropout": KnownParam("float", 0.0, "dropout in the head", min=0.0, max=1.0, max_open=True),
-    "weight_decay": KnownParam(
-        "float", 0.0, "weight decay (decoupled with adamw, L2 otherwise)", min=0.0, max=10.0
-    ),
-    "batch_size": KnownParam("int", 64, "training batch size", min=1, max=4096),
-    "unfreeze_blocks": KnownParam(
-        "int", 0, "backbone blocks trained, counted from the top", min=0, max=1000
-    ),
-    "l2sp_alpha": KnownParam(
-        "float", 0.0, "strength of the L2-SP pull towards pretrained weights", min=0.0, max=100.0
-    ),
-    "augment_strength": KnownParam("float", 0.0, "data augmentation strength", min=0.0, max=1.0),
-    "label_smoothing": KnownParam("float", 0.0, "label smoothing", min=0.0, max=1.0, max_open=True),
-    "optimizer": KnownParam("categorical", "adam", "optimizer", choices=("adam", "adamw", "sgd")),
-}
-"""Every hyperparameter a spec may search or fix, with the engine's default."""
-
-METRICS: dict[str, Literal["maximize", "minimize"]] = {
-    "accuracy": "maximize",  # clean top-1 on the held-out test split
-    "robustness": "maximize",  # mean top-1 under the robustness suite
-    "latency_ms": "minimize",  # inference latency of one batch, after compression
-    "params": "minimize",  # parameter count, after compression
-    "size_mb": "minimize",  # serialized size, after compression
-}
-"""Metrics a trial reports, with the direction used when an objective names none."""
-
 BUILTIN_DATASETS = ("digits-5to9", "digits-shifted", "digits-shifted-s1")
-Corruption = Literal["blur", "contrast", "brightness", "pixelate", "shot_noise"]
-CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
-"""Common corruptions of the robustness suite; the engine implements exactly these."""
-MAX_GRID_POINTS = 100_000
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-SOURCE_PARAM = "source_model"
-"""The search-space name under which the source model itself is searched."""
-
-# --------------------------------------------------------------------------
-# The spec
-# --------------------------------------------------------------------------
-
-
-class Objective(SpecModel):
-    """One metric to optimize."""
-
-    metric: Literal["accuracy", "robustness", "latency_ms", "params", "size_mb"] = Field(
-        description="What the trial measures: " + ", ".join(METRICS) + "."
-    )
-    direction: Literal["maximize", "minimize"] = Field(
-        description="maximize or minimize; defaults to the metric's natural direction "
-        "(maximize accuracy and robustness, minimize the others)."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_direction(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "direction" not in data:
-            # An unknown metric is reported on its own, without a second error here.
-            metric = data.get("metric")
-            data = {**data, "direction": METRICS.get(metric, "maximize")}
-        return data
-
-
-class PGD(SpecModel):
-    """Projected gradient descent attack settings."""
-
-    eps: float = Field(0.03, gt=0, le=1, description="L-inf radius, in [0, 1] pixel units.")
-    steps: int = Field(5, ge=1, le=100, description="Attack iterations.")
-
-
-class Robustness(SpecModel):
-    """The perturbation suite behind the `robustness` metric."""
-
-    gaussian_sigma: list[Annotated[float, Field(gt=0, le=5)]] = Field(
-        default_factory=lambda: [0.1, 0.3],
-        max_length=10,
-        description="Standard deviations of additive Gaussian noise.",
-    )
-    fgsm_eps: list[Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=lambda: [0.03], max_length=10, description="FGSM attack radii."
-    )
-    pgd: PGD | None = Field(None, description="PGD attack; null to skip.")
-    corruptions: list[Corruption] = Field(
-        default_factory=list,
-        max_length=len(CORRUPTIONS),
-        description="Common corruptions: " + ", ".join(CORRUPTIONS) + ".",
-    )
-
-    @model_validator(mode="after")
-    def _distinct_components(self) -> Robustness:
-        # Each component is scored under its name: two with one name would count twice.
-        problems = Problems()
-        for field, names in (
-            ("gaussian_sigma", [f"{s:g}" for s in self.gaussian_sigma]),
-            ("fgsm_eps", [f"{e:g}" for e in self.fgsm_eps]),
-            ("corruptions", list(self.corruptions)),
-        ):
-            for i, name in enumerate(names):
-                if name in names[:i]:
-                    problems.add((field, i), f"{name} appears twice", getattr(self, field)[i])
-        problems.raise_if_any("Robustness")
-        return self
-
-    def is_empty(self) -> bool:
-        return not (self.gaussian_sigma or self.fgsm_eps or self.pgd or self.corruptions)
-
-    def component_names(self) -> list[str]:
-        """The perturbations in the order the engine scores them, named as it reports them."""
-        names = [f"gaussian_{s:g}" for s in self.gaussian_sigma]
-        names += [f"fgsm_{e:g}" for e in self.fgsm_eps]
-        if self.pgd is not None:
-            names.append(f"pgd_{self.pgd.eps:g}")
-        return names + list(self.corruptions)
-
-
-class Compression(SpecModel):
-    """Compression applied before measuring params, size_mb and latency_ms."""
-
-    quantize_int8: bool = Field(False, description="Dynamic int8 quantization of linear layers.")
-    prune_amount: float = Field(
-        0.0, ge=0, le=0.95, description="Fraction of weights removed by magnitude pruning."
-    )
-
-    @property
-    def active(self) -> bool:
-        return self.quantize_int8 or self.prune_amount > 0
 
 
 class Budget(SpecModel):
@@ -326,63 +163,6 @@ class Budget(SpecModel):
         if self.max_failed_trials is not None:
             return self.max_failed_trials
         return min(10, self.max_trials)
-
-
-StudyRef = Annotated[str, Field(pattern=NAME_PATTERN)] | Annotated[int, Field(ge=1)]
-
-
-OBSERVING_SAMPLERS = ("tpe", "gp")
-"""Samplers that model every finished trial, and so can start from past ones."""
-
-
-class WarmStart(SpecModel):
-    """Past studies whose best configurations run first in a new study, and whose
-    completed trials the sampler may read as observations."""
-
-    studies: Literal["auto"] | list[StudyRef] = Field(
-        description="Study names or ids of your own studies, or `auto`: your past studies with "
-        "the same source model and the same dataset fingerprint, newest first.",
-        examples=[["digits-shifted-s1"], "auto"],
-    )
-    top_k: int = Field(
-        5,
-        ge=0,
-        le=100,
-        description="How many of their best completed configurations to enqueue (by this "
-        "study's first objective; the Pareto front for several objectives); 0 (with observe) "
-        "enqueues none.",
-    )
-    observe: bool = Field(
-        False,
-        description="Also give the sampler (tpe or gp) their completed trials, projected onto "
-        "this search space, as observations: it models them from its first ask instead of "
-        "sampling at random first. They are not trials of this study and use none of its "
-        "budget.",
-    )
-
-    @field_validator("studies", mode="before")
-    @classmethod
-    def _check_studies(cls, studies: Any) -> Any:
-        # Checked here so that a mistake reads as one message, not one per union member.
-        if isinstance(studies, str):
-            if studies != "auto":
-                raise custom_error(
-                    f"{show_value(studies)}: use auto or a list of study names or ids"
-                )
-            return studies
-        if not isinstance(studies, list) or not 1 <= len(studies) <= 20:
-            raise custom_error("use auto or a list of 1 to 20 study names or ids")
-        for i, ref in enumerate(studies):
-            is_id = isinstance(ref, int) and not isinstance(ref, bool) and ref >= 1
-            is_name = isinstance(ref, str) and re.match(NAME_PATTERN, ref) is not None
-            if not (is_id or is_name):
-                raise custom_error(
-                    f"item {i} ({show_value(ref)}) is neither a study name (lowercase letters, "
-                    "digits and '-') nor a study id (a positive integer)"
-                )
-        if len(set(map(str, studies))) != len(studies):
-            raise custom_error("a study is named twice")
-        return studies
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -531,62 +311,19 @@ class StudySpec(SpecModel):
     @model_validator(mode="after")
     def _check_consistency(self) -> StudySpec:
         problems = Problems()
-        self._check_source(problems)
+        check_source(self, problems)
         self._check_objectives(problems)
-        self._check_search_space(problems)
-        self._check_fixed_params(problems)
+        check_search_space(self, problems)
+        check_fixed_params(self, problems)
         if not any(loc[0] == "search_space" for loc, _, _ in problems):
-            self._check_sampler(problems)
-        self._check_pruner(problems)
-        self._check_warm_start(problems)
+            check_sampler(self, problems)
+        check_pruner(self, problems)
+        check_warm_start(self, problems)
         problems.raise_if_any("StudySpec")
         if self.pruner is None:
             multi = len(self.objectives) > 1
             self.pruner = NopPruner(type="none") if multi else HyperbandPruner(type="hyperband")
         return self
-
-    def _check_source(self, problems: Problems) -> None:
-        searched = self.search_space.get(SOURCE_PARAM)
-        weights = self.source_weights
-        if searched is None:
-            if isinstance(weights, dict):
-                problems.add(
-                    ("source_weights",),
-                    "a map of weights applies when search_space.source_model searches the "
-                    "source model; give one value for " + self.source_model,
-                )
-            elif (why := weights_problem(self.source_model, weights)) is not None:
-                problems.add(("source_weights",), why, weights)
-            return
-        loc: Loc = ("search_space", SOURCE_PARAM)
-        if not isinstance(searched, CategoricalParam):
-            problems.add((*loc, "type"), "source_model is searched as type: categorical", "")
-            return
-        choices = [c for c in searched.choices if isinstance(c, str)]
-        for j, choice in enumerate(searched.choices):
-            if (why := source_problem(choice)) is not None:
-                problems.add((*loc, "choices", j), why, choice)
-        if self.source_model not in choices:
-            problems.add(
-                ("source_model",),
-                "with source_model searched, source_model (the default) must be one of "
-                "its choices, or left out",
-                self.source_model,
-            )
-        for key in weights if isinstance(weights, dict) else ():
-            if key not in choices:
-                problems.add(
-                    ("source_weights", key), "not one of search_space.source_model.choices"
-                )
-        for choice in choices:
-            if source_problem(choice) is not None:
-                continue
-            why = weights_problem(choice, weights_for(weights, choice))
-            if why is not None:
-                at: Loc = (
-                    ("source_weights", choice) if isinstance(weights, dict) else ("source_weights",)
-                )
-                problems.add(at, why, weights_for(weights, choice))
 
     def _check_objectives(self, problems: Problems) -> None:
         seen: set[str] = set()
@@ -601,125 +338,6 @@ class StudySpec(SpecModel):
         if "robustness" in seen and self.robustness.is_empty():
             problems.add(
                 ("robustness",), "the robustness objective needs at least one perturbation"
-            )
-
-    def _check_search_space(self, problems: Problems) -> None:
-        for name, dist in self.search_space.items():
-            loc: Loc = ("search_space", name)
-            known = KNOWN_PARAMS.get(name)
-            if name == SOURCE_PARAM:
-                continue  # checked with the source (_check_source)
-            if known is None:
-                problems.add(loc, _unknown_param(name), name)
-            elif isinstance(dist, CategoricalParam):
-                if known.kind == "float":
-                    dist.choices = [_as_float(c) for c in dist.choices]
-                for j, choice in enumerate(dist.choices):
-                    if (why := known.problem_with(choice)) is not None:
-                        problems.add((*loc, "choices", j), f"{name} {why}", choice)
-            elif known.kind == "categorical":
-                choices = ", ".join(known.choices or ())
-                problems.add(
-                    (*loc, "type"),
-                    f"{name} is categorical: use type: categorical with choices from {choices}",
-                    dist.type,
-                )
-            elif known.kind == "int" and isinstance(dist, FloatParam):
-                problems.add(
-                    (*loc, "type"), f"{name} is an integer: use type: int or categorical", "float"
-                )
-            else:
-                for bound in ("low", "high"):
-                    value = getattr(dist, bound)
-                    if (why := known.problem_with(value)) is not None:
-                        problems.add((*loc, bound), f"{name} {why}", value)
-
-    def _check_fixed_params(self, problems: Problems) -> None:
-        for name, value in self.fixed_params.items():
-            loc: Loc = ("fixed_params", name)
-            known = KNOWN_PARAMS.get(name)
-            if known is None:
-                problems.add(loc, _unknown_param(name), name)
-            elif name in self.search_space:
-                problems.add(
-                    loc,
-                    f"{name} is both searched and fixed: drop it from search_space or fixed_params",
-                    value,
-                )
-            elif (why := known.problem_with(value)) is not None:
-                problems.add(loc, f"{name} {why}", value)
-            else:
-                self.fixed_params[name] = known.coerce(value)
-
-    def _check_sampler(self, problems: Problems) -> None:
-        sampler = self.sampler
-        loc: Loc = ("sampler", "type")
-        if isinstance(sampler, CmaEsSampler):
-            numeric = [d for d in self.search_space.values() if not isinstance(d, CategoricalParam)]
-            if len(self.objectives) > 1:
-                problems.add(loc, "cmaes handles one objective only; use nsga2, tpe or gp", "cmaes")
-            elif len(numeric) < 2:
-                problems.add(
-                    loc,
-                    "cmaes needs at least two float or int parameters in search_space; "
-                    "use tpe or gp for this space",
-                    "cmaes",
-                )
-        elif isinstance(sampler, GridSampler):
-            for name, dist in self.search_space.items():
-                if isinstance(dist, FloatParam) and dist.step is None:
-                    problems.add(
-                        loc,
-                        f"grid needs a finite space: give search_space.{name} a step or "
-                        "make it categorical",
-                        "grid",
-                    )
-                    return
-            if (size := grid_size(self)) > MAX_GRID_POINTS:
-                problems.add(
-                    loc,
-                    f"the grid has {size} points, more than {MAX_GRID_POINTS}: use fewer "
-                    "values or another sampler",
-                    "grid",
-                )
-
-    def _check_pruner(self, problems: Problems) -> None:
-        pruner = self.pruner
-        if pruner is None or isinstance(pruner, NopPruner):
-            return
-        if len(self.objectives) > 1:
-            problems.add(
-                ("pruner", "type"),
-                "Optuna cannot prune multi-objective studies: use pruner type none "
-                "(or leave the pruner out)",
-                pruner.type,
-            )
-        elif isinstance(pruner, HyperbandPruner):
-            max_resource = pruner.max_resource or self.budget.epochs
-            if pruner.min_resource > max_resource:
-                problems.add(
-                    ("pruner", "min_resource"),
-                    f"min_resource ({pruner.min_resource}) exceeds max_resource "
-                    f"({max_resource} epochs)",
-                    pruner.min_resource,
-                )
-
-    def _check_warm_start(self, problems: Problems) -> None:
-        warm = self.warm_start
-        if warm is None:
-            return
-        if warm.observe and self.sampler.type not in OBSERVING_SAMPLERS:
-            problems.add(
-                ("warm_start", "observe"),
-                f"sampler {self.sampler.type} does not model past trials: observe works with "
-                "sampler " + " or ".join(OBSERVING_SAMPLERS) + "; or set observe: false",
-                True,
-            )
-        if warm.top_k == 0 and not warm.observe:
-            problems.add(
-                ("warm_start", "top_k"),
-                "top_k 0 enqueues nothing: give top_k >= 1, or set observe: true",
-                0,
             )
 
     # -- conveniences ---------------------------------------------------------
@@ -742,7 +360,7 @@ class StudySpec(SpecModel):
         errors = [
             {"path": f"params.{name}", "message": why}
             for name, value in params.items()
-            if (why := _param_problem(name, value)) is not None
+            if (why := param_problem(name, value)) is not None
         ]
         if errors:
             raise SpecError(errors)
@@ -790,69 +408,3 @@ class StudySpec(SpecModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise SpecError.from_validation_error(exc) from exc
-
-
-def _param_problem(name: str, value: Any) -> str | None:
-    known = KNOWN_PARAMS.get(name)
-    if known is None:
-        return _unknown_param(name)
-    why = known.problem_with(value)
-    return None if why is None else f"{name} {why}"
-
-
-def _unknown_param(name: str) -> str:
-    return f"unknown hyperparameter {show_value(name)}; known: " + ", ".join(KNOWN_PARAMS)
-
-
-def _as_float(value: ParamValue) -> ParamValue:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def grid_size(spec: StudySpec) -> int:
-    """Number of points of a finite search space (raises ValueError for a continuous one)."""
-    return math.prod(grid_count(dist) for dist in spec.search_space.values())
-
-
-def grid_values(spec: StudySpec) -> dict[str, list[ParamValue]]:
-    """Every value of each parameter of a finite search space (for the grid sampler)."""
-    values: dict[str, list[ParamValue]] = {}
-    for name, dist in spec.search_space.items():
-        if isinstance(dist, CategoricalParam):
-            values[name] = list(dist.choices)
-        elif isinstance(dist, IntParam):
-            values[name] = list(range(dist.low, dist.high + 1, dist.step))
-        else:
-            assert dist.step is not None
-            values[name] = [round(dist.low + i * dist.step, 12) for i in range(grid_count(dist))]
-    return values
-
-
-def validate_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
-    """Check `params` (a subset of the search space) against it; return them canonical.
-
-    Used to enqueue a trial with fixed values: every name must be searched by
-    the spec and every value must lie in its distribution (on its step, among
-    its choices). Raises SpecError with paths like `params.lr`.
-    """
-    errors: list[dict[str, str]] = []
-    out: dict[str, Any] = {}
-    for name, value in params.items():
-        path = f"params.{name}"
-        dist = spec.search_space.get(name)
-        if dist is None:
-            errors.append(
-                {
-                    "path": path,
-                    "message": f"{show_value(name)} is not in the study's search "
-                    "space; searched: " + ", ".join(spec.search_space),
-                }
-            )
-            continue
-        why = problem_in_distribution(dist, value)
-        if why is not None:
-            errors.append({"path": path, "message": f"{name} {why}"})
-            continue
-        out[name] = canonical_value(dist, value)
-    if errors:
-        raise SpecError(errors)
-    return out

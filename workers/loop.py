@@ -11,140 +11,39 @@ before the next lease instead of failing trial after trial.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tunefleet.http import Backoff, Interrupted, Unreachable
 from tunefleet.protocol import WORKER_INTERRUPTED, Assignment, TrialOutcome
 from workers.client import Rejected, ServiceClient
-from workers.config import DEFAULT_OBJECTIVE, WorkerSettings, device_problem
+from workers.config import DEFAULT_OBJECTIVE, WorkerSettings
+from workers.failures import FailureStreak
+from workers.heartbeat import Heartbeat, RunningTrial
+from workers.objective import PACK_OBJECTIVE, Objective, PackObjective, load_objective, one_by_one
+from workers.outcome import (
+    TrialAbandoned,
+    WorkerInterrupted,
+    failure_reason,
+    is_pruned,
+    unpack_result,
+)
+
+__all__ = ["Worker", "run_worker"]
+
+log = logging.getLogger("tunefleet.worker")
 
 
 def _warm_backbones() -> list[str]:
     """The source models the engine holds loaded (none before it has run a trial)."""
     sources = sys.modules.get("workers.transfer.sources")  # imported by the first trial
     return sources.warm_backbones() if sources is not None else []
-
-
-__all__ = [
-    "Objective",
-    "TrialAbandoned",
-    "Worker",
-    "WorkerInterrupted",
-    "load_objective",
-    "run_worker",
-]
-
-log = logging.getLogger("tunefleet.worker")
-
-# run_trial(assignment, report, *, device, cache_dir, artifact_dir) -> TrialResult, where
-# assignment is the Assignment the lease returned, its spec a validated StudySpec.
-Objective = Callable[..., Any]
-# run_trials(assignments, reports, *, device, cache_dir, artifact_dir) -> one TrialResult
-# or exception per trial, in order (workers.transfer.fused.run_trials).
-PackObjective = Callable[..., list[Any]]
-PACK_OBJECTIVE = "workers.transfer.fused:run_trials"
-
-
-def _one_by_one(objective: Objective) -> PackObjective:
-    """A pack objective that runs each trial alone, in turn (objectives other than the engine)."""
-
-    def run_all(assignments, reports, **options) -> list[Any]:
-        outcomes: list[Any] = []
-        for assignment, report in zip(assignments, reports, strict=True):
-            try:
-                outcomes.append(objective(assignment, report, **options))
-            except (TrialAbandoned, Exception) as error:
-                outcomes.append(error)
-        return outcomes
-
-    return run_all
-
-
-class WorkerInterrupted(BaseException):
-    """Second signal while a trial runs: drop it now. A BaseException, like
-    KeyboardInterrupt, so that a trial's own ``except Exception`` lets it through."""
-
-
-class TrialAbandoned(BaseException):
-    """The service said stop (study paused or stopped, or the lease is gone)."""
-
-
-def is_pruned(error: BaseException) -> bool:
-    """Whether an exception is a TrialPruned, the engine's or Optuna's, without
-    importing either (the engine pulls in torch)."""
-    return any(cls.__name__ == "TrialPruned" for cls in type(error).__mro__)
-
-
-def load_objective(path: str) -> Objective:
-    """The function named by ``module:function``."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"objective must be module:function, got {path!r}")
-    return getattr(importlib.import_module(module_name), attr)
-
-
-class _Heartbeat(threading.Thread):
-    """Beats for one trial until stopped; turns a stop answer into an abandon."""
-
-    def __init__(self, client: ServiceClient, trial: _RunningTrial, interval_s: float) -> None:
-        super().__init__(name=f"heartbeat-{trial.trial_id}", daemon=True)
-        self.client = client
-        self.trial = trial
-        self.interval_s = interval_s
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval_s):
-            try:
-                ack = self.client.heartbeat(self.trial.trial_id, progress=self.trial.progress())
-            except (Rejected, Unreachable, Interrupted) as error:
-                # The next beat is the retry; the lease outlives a few missed beats.
-                log.warning("heartbeat of trial %s failed: %s", self.trial.trial_id, error)
-                if isinstance(error, Rejected) and error.status_code in (404, 409):
-                    self.trial.abandon(f"lease lost ({error.message})")
-                continue
-            except Exception:  # never let the heartbeat thread die silently
-                log.exception("heartbeat of trial %s failed", self.trial.trial_id)
-                continue
-            if ack.stop:
-                self.trial.abandon(ack.reason or "the service said stop")
-
-    def stop(self) -> None:
-        self.done.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=self.interval_s + 5)
-
-
-class _RunningTrial:
-    """What the loop knows about the trial it is running."""
-
-    def __init__(self, assignment: Assignment) -> None:
-        self.assignment = assignment
-        self.trial_id = assignment.trial_id
-        self.total_epochs = assignment.spec.budget.epochs
-        self.epoch: int | None = None
-        self.abandoned = threading.Event()
-        self.abandon_reason = ""
-
-    def abandon(self, reason: str) -> None:
-        if not self.abandoned.is_set():
-            log.info("abandoning trial %s: %s", self.trial_id, reason)
-            self.abandon_reason = reason
-            self.abandoned.set()
-
-    def progress(self) -> dict[str, int] | None:
-        if self.epoch is None:
-            return None
-        return {"epoch": self.epoch, "total_epochs": self.total_epochs}
 
 
 class Worker:
@@ -170,7 +69,7 @@ class Worker:
         self.client = client
         # Trials leased at once (POST /leases/batch) and run by pack_objective.
         self.pack = pack
-        self.pack_objective = pack_objective or _one_by_one(objective)
+        self.pack_objective = pack_objective or one_by_one(objective)
         self.worker_id = worker_id
         self.device = device
         self.objective = objective
@@ -185,11 +84,7 @@ class Worker:
         self.force_stop = client.abort
         self._in_objective = False
         self.trials_run = 0
-        # The same error this many trials in a row: back off before the next lease.
-        self.failure_backoff_after = failure_backoff_after
-        self.failure_backoff = failure_backoff or Backoff(base_s=2.0, max_s=300.0)
-        self._last_error: str | None = None
-        self.same_error_streak = 0
+        self.failures = FailureStreak(backoff_after=failure_backoff_after, backoff=failure_backoff)
 
     # Signals ---------------------------------------------------------------
 
@@ -237,7 +132,7 @@ class Worker:
             if self.stop_requested.is_set():
                 # Told to stop while the lease was on its way: hand it straight back.
                 for assignment in assignments:
-                    self._let_go(_RunningTrial(assignment), WORKER_INTERRUPTED)
+                    self._let_go(RunningTrial(assignment), WORKER_INTERRUPTED)
                 break
             if self.pack > 1:
                 self.run_pack(assignments)
@@ -248,7 +143,7 @@ class Worker:
             if self.max_trials is not None and self.trials_run >= self.max_trials:
                 log.info("ran %s: exiting", _trials(self.trials_run))
                 break
-            self._back_off_after_repeated_failures()
+            self.failures.back_off(self.stop_requested)
         return self.trials_run
 
     def _lease(self) -> list[Assignment]:
@@ -271,31 +166,9 @@ class Worker:
             warm_backbones=_warm_backbones(),
         )
 
-    def _note_failure(self, error: str | None) -> None:
-        """Count trials in a row that failed with the same error (None: one that did not)."""
-        if error is not None and error == self._last_error:
-            self.same_error_streak += 1
-        else:
-            self.same_error_streak = 0 if error is None else 1
-        self._last_error = error
-
-    def _back_off_after_repeated_failures(self) -> None:
-        excess = self.same_error_streak - self.failure_backoff_after
-        if excess < 0:
-            return
-        delay = self.failure_backoff.delay(excess)
-        log.warning(
-            "%d trials in a row failed with the same error on this worker (%s): "
-            "waiting %.0fs before the next lease; fix the cause (device, files) or stop the worker",
-            self.same_error_streak,
-            self._last_error,
-            delay,
-        )
-        self.stop_requested.wait(delay)
-
     def run(self, assignment: Assignment) -> None:
         """Run one leased trial to its end: complete, pruned, failed or let go."""
-        trial = _RunningTrial(assignment)
+        trial = RunningTrial(assignment)
         log.info(
             "trial %s (study %s, #%s) params %s",
             trial.trial_id,
@@ -305,7 +178,7 @@ class Worker:
         )
         # Every call on the trial carries the assignment's lease secret.
         self.client.remember(assignment)
-        heartbeat = _Heartbeat(self.client, trial, assignment.heartbeat_interval_s)
+        heartbeat = Heartbeat(self.client, trial, assignment.heartbeat_interval_s)
         heartbeat.start()
         try:
             self._run_with_heartbeat(trial)
@@ -313,7 +186,7 @@ class Worker:
             heartbeat.stop()
             self.client.forget(trial.trial_id)
 
-    def _run_with_heartbeat(self, trial: _RunningTrial) -> None:
+    def _run_with_heartbeat(self, trial: RunningTrial) -> None:
         report = self._reporter(trial)
         try:
             self._in_objective = True
@@ -336,11 +209,11 @@ class Worker:
     def run_pack(self, assignments: list[Assignment]) -> None:
         """Run leased trials together (fused where they can be), each with its own
         heartbeat and its own end: complete, pruned, failed or let go."""
-        trials = [_RunningTrial(a) for a in assignments]
+        trials = [RunningTrial(a) for a in assignments]
         beats = []
         for trial in trials:
             self.client.remember(trial.assignment)
-            beat = _Heartbeat(self.client, trial, trial.assignment.heartbeat_interval_s)
+            beat = Heartbeat(self.client, trial, trial.assignment.heartbeat_interval_s)
             beat.start()
             beats.append(beat)
         try:
@@ -367,7 +240,7 @@ class Worker:
                 beat.stop()
                 self.client.forget(trial.trial_id)
 
-    def _settle(self, trial: _RunningTrial, outcome: Any) -> None:
+    def _settle(self, trial: RunningTrial, outcome: Any) -> None:
         """Tell the service how the trial ended: a result, or the exception that ended it."""
         if isinstance(outcome, WorkerInterrupted):
             self._let_go(trial, WORKER_INTERRUPTED)
@@ -380,11 +253,11 @@ class Worker:
             if is_pruned(error):
                 # The service marked the trial PRUNED when it answered prune=true.
                 log.info("trial %s pruned: %s", trial.trial_id, error)
-                self._note_failure(None)
+                self.failures.note(None)
                 return
             reason, detail = failure_reason(error)
-            self._note_failure(detail)
-            if self.same_error_streak > 1:
+            self.failures.note(detail)
+            if self.failures.length > 1:
                 # The traceback was logged with the first of the streak.
                 log.error("trial %s failed again: %s", trial.trial_id, detail)
             else:
@@ -400,8 +273,8 @@ class Worker:
         if trial.abandoned.is_set():
             self._let_go(trial, f"abandoned: {trial.abandon_reason}")
             return
-        self._note_failure(None)
-        values, attrs, artifact = _unpack(result)
+        self.failures.note(None)
+        values, attrs, artifact = unpack_result(result)
         outcome = self._send(lambda: self._complete(trial, values, attrs, artifact), trial)
         if outcome is not None:
             log.info(
@@ -411,7 +284,7 @@ class Worker:
                 outcome.values if outcome.state == "complete" else outcome.reason,
             )
 
-    def _reporter(self, trial: _RunningTrial) -> Callable[[int, float], bool]:
+    def _reporter(self, trial: RunningTrial) -> Callable[[int, float], bool]:
         def report(step: int, value: float) -> bool:
             if trial.abandoned.is_set():
                 raise TrialAbandoned(trial.abandon_reason)
@@ -431,7 +304,7 @@ class Worker:
         return report
 
     def _complete(
-        self, trial: _RunningTrial, values: Any, attrs: Any, artifact: str | None
+        self, trial: RunningTrial, values: Any, attrs: Any, artifact: str | None
     ) -> TrialOutcome:
         """Hand in the values; an artifact the service cannot reach does not cost them."""
         try:
@@ -450,7 +323,7 @@ class Worker:
             )
             return self.client.complete(trial.trial_id, values=values, attrs=attrs, artifact=None)
 
-    def _let_go(self, trial: _RunningTrial, reason: str) -> None:
+    def _let_go(self, trial: RunningTrial, reason: str) -> None:
         """Give the trial back so that the service re-queues its parameters."""
         log.info("letting go of trial %s: %s", trial.trial_id, reason)
         self._send(
@@ -463,7 +336,7 @@ class Worker:
     def _send(
         self,
         call: Callable[[], Any],
-        trial: _RunningTrial,
+        trial: RunningTrial,
         *,
         quiet: bool = False,
         attempts: int | None = None,
@@ -489,39 +362,6 @@ class Worker:
 
 def _trials(n: int) -> str:
     return f"{n} trial" if n == 1 else f"{n} trials"
-
-
-def failure_reason(error: BaseException) -> tuple[str, str]:
-    """(what the owner sees, the full detail for the log and admins).
-
-    An engine error carries a ``code`` and a ``public`` message that names only
-    what the spec says; any other exception may hold paths and names found on
-    this worker, so the owner sees only its type.
-    """
-    detail = f"{type(error).__name__}: {error}"
-    code, public = getattr(error, "code", None), getattr(error, "public", None)
-    if isinstance(code, str) and isinstance(public, str):
-        return f"{code}: {public}", detail
-    return (
-        f"worker_error: the trial raised {type(error).__name__} (an admin can read the "
-        "detail in the trial and the worker's log)",
-        detail,
-    )
-
-
-def _unpack(result: Any) -> tuple[dict[str, float], dict[str, Any], str | None]:
-    """(values, attrs, artifact) of a TrialResult, or of a mapping with the same keys."""
-    if isinstance(result, Mapping):
-        values, attrs, artifact = result["values"], result.get("attrs"), result.get("artifact")
-    else:
-        values = result.values
-        attrs = getattr(result, "attrs", None)
-        artifact = getattr(result, "artifact", None)
-    values = {str(k): float(v) for k, v in values.items()}
-    attrs = dict(attrs or {})
-    if any(not math.isfinite(v) for v in values.values()):
-        log.warning("non-finite values %s: the service will fail the trial", values)
-    return values, attrs, None if artifact is None else str(artifact)
 
 
 def run_worker(settings: WorkerSettings, *, objective: Objective | None = None) -> int:
@@ -558,47 +398,3 @@ def run_worker(settings: WorkerSettings, *, objective: Objective | None = None) 
         worker.install_signal_handlers()
     with client:
         return worker.work()
-
-
-def run_worker_command(*, warm: bool = False, **options: Any) -> int:
-    """`tunefleet worker`: settings from the options over TUNEFLEET_*; returns the exit code."""
-    from pydantic import ValidationError
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
-    try:
-        settings = WorkerSettings(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as error:
-        for problem in error.errors():
-            name = "TUNEFLEET_" + "_".join(str(p) for p in problem["loc"]).upper()
-            log.error("bad setting %s: %s", name, problem["msg"])
-        return 2
-    if not settings.token and settings.token_file is not None:
-        try:
-            settings.token = settings.token_file.read_text().strip()
-        except OSError as error:
-            log.error("cannot read the token file %s: %s", settings.token_file, error.strerror)
-            return 2
-    if not settings.token:
-        log.error("no token: set TUNEFLEET_TOKEN or pass --token-file PATH (a worker-scope token)")
-        return 2
-    problem = device_problem(settings.resolved_device())
-    if problem is not None:
-        log.error("bad setting TUNEFLEET_DEVICE (--device): %s", problem)
-        return 2
-    if warm:
-        from workers.transfer.builtin import warm_cache
-
-        warm_cache(settings.cache_dir)
-    if settings.slots > 1:
-        from workers.slots import run_slots
-
-        return run_slots(settings)
-    try:
-        run_worker(settings)
-    except Rejected as error:
-        log.error("the service refused this worker: %s", error)
-        return 1
-    return 0

@@ -77,7 +77,7 @@ def worker(
             "--token is not taken: a token on the command line shows in `ps` to every user of "
             "the machine. Set TUNEFLEET_TOKEN, or put it in a file and pass --token-file PATH."
         )
-    from workers.loop import run_worker_command
+    from workers.command import run_worker_command
 
     code = run_worker_command(
         service_url=",".join(service) if service else None,

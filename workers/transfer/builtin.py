@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, digits_arrays
+from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD, digits_arrays
 from workers.transfer.weights import StateDict, load_weights, save_weights, state_dict_hash
 
 ARCH = "builtin:digits-cnn"

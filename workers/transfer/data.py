@@ -3,7 +3,8 @@
 Images are kept at the dataset's own resolution as pixel values in [0, 1]
 (uint8 for image folders, float32 for the built-in digits); the model's
 input adapter resizes and normalises them. Perturbations for the robustness
-suite therefore act in pixel space.
+suite therefore act in pixel space. The built-in digits tasks are in
+builtin_tasks.py; image folders are here.
 """
 
 from __future__ import annotations
@@ -21,37 +22,10 @@ import torch
 from workers.transfer.access import FileAccess
 from workers.transfer.errors import DatasetError
 
-# Statistics of sklearn's digits scaled to [0, 1]: the built-in model's normalisation.
-DIGITS_MEAN = 0.3050
-DIGITS_STD = 0.3763
 SPLIT_SEED = 0
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.2
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-BUILTIN_DATASETS = {
-    "builtin:digits-5to9": (5, 6, 7, 8, 9),
-    "builtin:digits-0to4": (0, 1, 2, 3, 4),
-}
-
-
-@dataclass(frozen=True)
-class ShiftedTask:
-    """A few-shot target under a domain shift: the source saw upright digits 0-4."""
-
-    digits: tuple[int, ...]
-    quarter_turns: int  # rotation of every image by 90 degrees this many times
-    shots: int  # labelled training images per class
-    val_shots: int  # validation images per class; every other image is in the test split
-    split_seed: int
-
-
-# Digits 5-9 turned a quarter, 12 labelled images per class: the hyperparameters decide
-# between chance and most of the test split. `-s1` draws other labelled images (a
-# related variant, for warm starts); the test splits hold over 700 images each.
-SHIFTED_DATASETS = {
-    "builtin:digits-shifted": ShiftedTask((5, 6, 7, 8, 9), 1, 12, 12, split_seed=0),
-    "builtin:digits-shifted-s1": ShiftedTask((5, 6, 7, 8, 9), 1, 12, 12, split_seed=1),
-}
 
 
 @dataclass(frozen=True)
@@ -108,16 +82,6 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-@functools.cache
-def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    """All of scikit-learn's digits as (N, 1, 8, 8) float32 in [0, 1] and labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    return images, torch.tensor(digits.target, dtype=torch.int64)
-
-
 def stratified_split(
     labels: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int = SPLIT_SEED
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,9 +117,12 @@ def load_dataset(uri: str, input_spec: InputSpec, *, access: FileAccess | None =
         )
     scheme, _, rest = uri.partition(":")
     if scheme == "builtin":
+        # Here, not at the top: the built-in tasks are Datasets of this module.
+        from workers.transfer.builtin_tasks import load_builtin
+
         with _LOCK:
             if (uri,) not in _DATASETS:
-                _DATASETS[(uri,)] = _load_builtin(uri)
+                _DATASETS[(uri,)] = load_builtin(uri)
             return _DATASETS[(uri,)]
     if scheme != "imagefolder":
         raise DatasetError(
@@ -178,57 +145,6 @@ def load_dataset(uri: str, input_spec: InputSpec, *, access: FileAccess | None =
         if key not in _DATASETS:
             _DATASETS[key] = _load_imagefolder(uri, rest, listing, input_spec)
         return _DATASETS[key]
-
-
-def _load_builtin(uri: str) -> Dataset:
-    if uri in SHIFTED_DATASETS:
-        return _load_shifted(uri, SHIFTED_DATASETS[uri])
-    if uri not in BUILTIN_DATASETS:
-        raise DatasetError(
-            f"unknown built-in dataset {uri!r}; the built-in ones are "
-            + ", ".join(sorted([*BUILTIN_DATASETS, *SHIFTED_DATASETS]))
-        )
-    digits = BUILTIN_DATASETS[uri]
-    images, labels = digits_arrays()
-    keep = torch.isin(labels, torch.tensor(digits))
-    x, original = images[keep], labels[keep]
-    y = torch.searchsorted(torch.tensor(digits), original)  # relabel to 0..4
-    train, val, test = stratified_split(
-        y.numpy(), val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION
-    )
-    return Dataset(
-        uri=uri,
-        classes=tuple(str(d) for d in digits),
-        train=Split(x[train], y[train]),
-        val=Split(x[val], y[val]),
-        test=Split(x[test], y[test]),
-        fingerprint=uri,
-    )
-
-
-def _load_shifted(uri: str, task: ShiftedTask) -> Dataset:
-    """Rotated digits with `shots` training and `val_shots` validation images per class."""
-    images, labels = digits_arrays()
-    keep = torch.isin(labels, torch.tensor(task.digits))
-    x = torch.rot90(images[keep], k=task.quarter_turns, dims=(2, 3)).contiguous()
-    y = torch.searchsorted(torch.tensor(task.digits), labels[keep])
-    rng = np.random.default_rng(task.split_seed)
-    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
-    for label in range(len(task.digits)):
-        idx = np.flatnonzero(y.numpy() == label)
-        rng.shuffle(idx)
-        parts[0].extend(idx[: task.shots])
-        parts[1].extend(idx[task.shots : task.shots + task.val_shots])
-        parts[2].extend(idx[task.shots + task.val_shots :])
-    train, val, test = (torch.as_tensor(np.sort(p), dtype=torch.int64) for p in parts)
-    return Dataset(
-        uri=uri,
-        classes=tuple(str(d) for d in task.digits),
-        train=Split(x[train], y[train]),
-        val=Split(x[val], y[val]),
-        test=Split(x[test], y[test]),
-        fingerprint=uri,
-    )
 
 
 @dataclass

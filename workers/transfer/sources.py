@@ -26,7 +26,8 @@ from torch import nn
 
 from workers.transfer import backbones, builtin, torchvision_blocks
 from workers.transfer.access import FileAccess
-from workers.transfer.data import DIGITS_MEAN, DIGITS_STD, InputSpec
+from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD
+from workers.transfer.data import InputSpec
 from workers.transfer.errors import SourceModelError
 from workers.transfer.weights import StateDict, load_weights, state_dict_hash
 

@@ -8,7 +8,8 @@ import torch
 
 from tunefleet.protocol import DATASET_FINGERPRINT_ATTR
 from workers.transfer import run_trial
-from workers.transfer.data import SHIFTED_DATASETS, InputSpec, _load_shifted, load_dataset
+from workers.transfer.builtin_tasks import SHIFTED_DATASETS, load_shifted
+from workers.transfer.data import InputSpec, load_dataset
 
 DIGITS_INPUT = InputSpec(channels=1, size=8, mean=(0.305,), std=(0.3763,))
 
@@ -25,7 +26,7 @@ def test_the_shifted_task_has_few_labels_and_a_large_test_split() -> None:
 
 def test_the_shifted_task_is_deterministic_and_its_variant_differs() -> None:
     uri = "builtin:digits-shifted"
-    again = _load_shifted(uri, SHIFTED_DATASETS[uri])  # built anew, not the process cache
+    again = load_shifted(uri, SHIFTED_DATASETS[uri])  # built anew, not the process cache
     data = load_dataset(uri, DIGITS_INPUT)
     assert torch.equal(again.train.x, data.train.x) and again.content_hash == data.content_hash
     variant = load_dataset("builtin:digits-shifted-s1", DIGITS_INPUT)
