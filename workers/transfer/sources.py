@@ -315,7 +315,7 @@ def _from_digits_cnn(uri: str, state: StateDict, digest: str) -> SourceModel:
     )
 
 
-def _headless_torchvision(
+def headless_torchvision(
     uri: str, name: str, state: StateDict, *, initialise: bool = False
 ) -> tuple[nn.Module, int]:
     """The torchvision model without its classifier, `state` loaded (without the random
@@ -349,7 +349,7 @@ def _from_torchvision(
 ) -> SourceModel:
     """The model without its classifier, in the blocks of torchvision_blocks: as a chain
     of stages where its forward is one (checked), else whole, frozen by parameter."""
-    model, feature_dim = _headless_torchvision(uri, name, state)
+    model, feature_dim = headless_torchvision(uri, name, state)
     input_spec = backbones.torchvision_input(name, weights_name)
     if hasattr(model, "transform_input"):
         # Inception v3 and GoogLeNet: torchvision's builders turn on transform_input

@@ -101,7 +101,7 @@ def test_torchvision_model_built_without_initialisation_is_the_old_one(name, cap
     caplog.set_level(logging.INFO, logger="workers.transfer.deferred_init")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        fast, width = sources._headless_torchvision(f"torchvision:{name}", name, state)
+        fast, width = sources.headless_torchvision(f"torchvision:{name}", name, state)
     assert not [w for w in seen if issubclass(w.category, FutureWarning | UserWarning)]
     assert FALLBACK not in caplog.text  # the fast path itself, not its fallback
     assert_identical(fast, old_torchvision(name, state), x)
@@ -113,10 +113,8 @@ def test_weights_of_another_dtype_or_shared_storage_become_parameters_of_their_o
     state = random_state("resnet18")
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     half["layer1.0.bn2.weight"] = half["layer1.0.bn1.weight"]  # one storage, two entries
-    fast, _ = sources._headless_torchvision("torchvision:resnet18", "resnet18", half)
-    old, _ = sources._headless_torchvision(
-        "torchvision:resnet18", "resnet18", half, initialise=True
-    )
+    fast, _ = sources.headless_torchvision("torchvision:resnet18", "resnet18", half)
+    old, _ = sources.headless_torchvision("torchvision:resnet18", "resnet18", half, initialise=True)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert_identical(fast, old, x)
     assert fast.conv1.weight.dtype == torch.float32
@@ -132,7 +130,7 @@ def test_weights_that_do_not_fit_are_an_error_not_a_second_build(caplog):
     del state["layer4.1.conv2.weight"]
     caplog.set_level(logging.INFO, logger="workers.transfer.deferred_init")
     with pytest.raises(sources.SourceModelError, match=r"layer4\.1\.conv2\.weight"):
-        sources._headless_torchvision("torchvision:resnet18", "resnet18", state)
+        sources.headless_torchvision("torchvision:resnet18", "resnet18", state)
     assert FALLBACK not in caplog.text
 
 
