@@ -127,6 +127,15 @@ def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:
         assert variant["feature_cache_per_trial"] == cache, name
 
 
+def test_source_load_reports_both_build_times_and_their_ratio_per_model(tmp_path: Path) -> None:
+    body = run_benchmark(module("source_load"), tmp_path)
+    assert set(body["models"]) == set(body["config"]["models"])
+    for result in body["models"].values():
+        assert len(result["initialised_s"]) == len(result["deferred_s"]) == 1
+        assert all(positive(s) for s in (*result["initialised_s"], *result["deferred_s"]))
+        assert positive(result["speedup"])
+
+
 def test_backbones_reports_throughput_and_cache_speedup_per_model(tmp_path: Path) -> None:
     body = run_benchmark(module("backbones"), tmp_path)
     assert set(body["models"]) == set(body["config"]["models"])

@@ -140,29 +140,40 @@ def timm_weights_file(uri: str, name: str, cache_dir: Path) -> Path:
     return Path(path)
 
 
-def load_timm(uri: str, name: str, *, weights: str, cache_dir: Path) -> nn.Module:
-    """The timm model without its classifier (`num_classes=0`), weights loaded."""
+def load_timm(
+    uri: str, name: str, *, weights: str, cache_dir: Path, initialise: bool = False
+) -> nn.Module:
+    """The timm model without its classifier (`num_classes=0`), weights loaded, built
+    without the random initialisation they overwrite unless `initialise` (deferred_init)."""
     import timm
 
+    from workers.transfer.deferred_init import build_from_weights
     from workers.transfer.weights import load_weights
 
     if weights == PRETRAINED:
         path = timm_weights_file(uri, name, cache_dir)
-        # timm's own loader: it applies the model's checkpoint filter and drops the
-        # old classifier, as create_model(pretrained=True) does after a download.
-        model = timm.create_model(
-            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
-        )
+
+        def build() -> nn.Module:
+            # timm's own loader: it applies the model's checkpoint filter and drops the
+            # old classifier, as create_model(pretrained=True) does after a download.
+            return timm.create_model(
+                name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+            )
+
     else:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
         state, _ = load_weights(Path(weights))
-        classifier = model.pretrained_cfg.get("classifier") or ()
-        prefixes = tuple(
-            f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier)
-        )
-        body = {k: v for k, v in state.items() if not k.startswith(prefixes)}
-        _load_checked(model, body, uri)
-    return model.eval()
+
+        def build() -> nn.Module:
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+            classifier = model.pretrained_cfg.get("classifier") or ()
+            prefixes = tuple(
+                f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier)
+            )
+            body = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+            _load_checked(model, body, uri)
+            return model
+
+    return build_from_weights(build, initialise=initialise).eval()
 
 
 def timm_input(model: nn.Module) -> InputSpec:

@@ -28,6 +28,7 @@ from workers.transfer import backbones, builtin, torchvision_blocks
 from workers.transfer.access import FileAccess
 from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD
 from workers.transfer.data import InputSpec
+from workers.transfer.deferred_init import build_from_weights
 from workers.transfer.errors import SourceModelError
 from workers.transfer.weights import StateDict, load_weights, state_dict_hash
 
@@ -315,22 +316,41 @@ def _from_digits_cnn(uri: str, state: StateDict, digest: str) -> SourceModel:
     )
 
 
+def headless_torchvision(
+    uri: str, name: str, state: StateDict, *, initialise: bool = False
+) -> tuple[nn.Module, int]:
+    """The torchvision model without its classifier, `state` loaded (without the random
+    initialisation it overwrites unless `initialise`: deferred_init), and its feature
+    width."""
+    import torchvision
+
+    # GoogLeNet and Inception v3 announce a change of their default initialisation
+    # unless told which one; like torchvision's builders when they load weights, none.
+    options = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    feature_dim = 0
+
+    def build() -> nn.Module:
+        nonlocal feature_dim
+        try:
+            model = torchvision.models.get_model(name, weights=None, **options)
+        except ValueError as exc:
+            raise SourceModelError(
+                f"{uri}: torchvision has no model {name!r}; see torchvision.models.list_models()"
+            ) from exc
+        dropped, feature_dim = torchvision_blocks.headless(model, uri)
+        _load_without_classifier(model, state, dropped, uri)
+        return model.eval()
+
+    model = build_from_weights(build, initialise=initialise)
+    return model, feature_dim
+
+
 def _from_torchvision(
     uri: str, name: str, state: StateDict, *, weights_name: str | None = None
 ) -> SourceModel:
     """The model without its classifier, in the blocks of torchvision_blocks: as a chain
     of stages where its forward is one (checked), else whole, frozen by parameter."""
-    import torchvision
-
-    try:
-        model = torchvision.models.get_model(name, weights=None)
-    except ValueError as exc:
-        raise SourceModelError(
-            f"{uri}: torchvision has no model {name!r}; see torchvision.models.list_models()"
-        ) from exc
-    dropped, feature_dim = torchvision_blocks.headless(model, uri)
-    _load_without_classifier(model, state, dropped, uri)
-    model.eval()
+    model, feature_dim = headless_torchvision(uri, name, state)
     input_spec = backbones.torchvision_input(name, weights_name)
     if hasattr(model, "transform_input"):
         # Inception v3 and GoogLeNet: torchvision's builders turn on transform_input
