@@ -28,8 +28,9 @@ class WarmStart(SpecModel):
     completed trials the sampler may read as observations."""
 
     studies: Literal["auto"] | list[StudyRef] = Field(
-        description="Study names or ids of your own studies, or `auto`: your past studies with "
-        "the same source model and the same dataset fingerprint, newest first.",
+        description="Study names or ids of your own studies, or `auto`: your past studies sharing "
+        "a backbone with this one (the same source model and weights, or an overlapping "
+        "searched choice) and the same dataset fingerprint, newest first.",
         examples=[["digits-shifted-s1"], "auto"],
     )
     top_k: int = Field(

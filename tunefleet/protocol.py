@@ -66,7 +66,29 @@ _ID = Field(
 
 
 class _Message(BaseModel):
+    """A request body: unknown fields and NUL characters (which no database text column
+    can hold) are refused with the field's path."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _holds_nul(value):
+            raise ValueError("must not contain NUL characters (\\x00)")
+        return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    if isinstance(value, BaseModel):
+        return any(_holds_nul(v) for v in value.__dict__.values())
+    return False
 
 
 class LeaseRequest(_Message):
