@@ -31,7 +31,7 @@ from service.budget import study_budget
 from service.config import Settings
 from service.fair_share import loaded_studies_in_turn, running_trials_by_owner
 from service.handout import start_trial
-from service.lease_rows import held_leases, open_leases, renew_leases
+from service.lease_rows import LeasedMeanwhile, held_leases, open_leases, renew_leases
 from service.models import StudyRecord, StudyState
 from service.study_cache import LoadedStudy, forget_loaded_study
 from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
@@ -61,7 +61,35 @@ def lease_trials(
     )
     if held:
         return held[:count]
-    warm = frozenset(warm_backbones)
+    try:
+        return _lease_new_batch(
+            session,
+            storage=storage,
+            settings=settings,
+            worker_id=worker_id,
+            device=device,
+            count=count,
+            holder=holder,
+            warm=frozenset(warm_backbones),
+        )
+    except LeasedMeanwhile:
+        session.rollback()
+        return _held_again(
+            session, storage=storage, settings=settings, worker_id=worker_id, holder=holder
+        )[:count]
+
+
+def _lease_new_batch(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    settings: Settings,
+    worker_id: str,
+    device: str,
+    count: int,
+    holder: Principal | None,
+    warm: frozenset[str],
+) -> list[Assignment]:
     in_turn = loaded_studies_in_turn(session, storage, settings=settings, holder=holder, warm=warm)
     for record, entry in in_turn:
         assignments = _lease_batch(

@@ -3,6 +3,7 @@ single lease (service/leasing.py) and a batch (service/batch_leasing.py) share."
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -19,7 +20,13 @@ from service.models import Lease, LeaseState, StudyRecord, utcnow
 from service.trial_lifecycle import get_frozen_trial
 from tunefleet.protocol import Assignment
 
-__all__ = ["assignment_of", "held_leases", "open_leases", "renew_leases"]
+__all__ = ["LeasedMeanwhile", "assignment_of", "held_leases", "open_leases", "renew_leases"]
+
+
+class LeasedMeanwhile(Exception):
+    """Another request of the same worker (and token) committed a lease while this one
+    was handing out: a retry sent before the first answer came back. The caller rolls
+    this hand-out back and answers with the lease that request made."""
 
 
 def assignment_of(
@@ -93,7 +100,14 @@ def open_leases(
     settings: Settings,
     holder: Principal | None,
 ) -> list[Assignment]:
-    """A lease row for each trial just started, in the same transaction. Uncommitted."""
+    """A lease row for each trial just started, in the same transaction. Uncommitted.
+
+    Raises LeasedMeanwhile when the worker got a lease from a concurrent request: the
+    worker's hand-outs commit one at a time (a transaction-level advisory lock on its
+    worker_id and token, PostgreSQL), and each looks for the others' leases under it,
+    so a retried lease never leaves a second trial behind."""
+    if _leased_meanwhile(session, worker_id=worker_id, holder=holder):
+        raise LeasedMeanwhile(worker_id)
     now = utcnow()
     answers = []
     for trial in trials:
@@ -112,3 +126,12 @@ def open_leases(
         session.add(lease)
         answers.append(assignment_of(lease, record, trial.params, settings, secret))
     return answers
+
+
+def _leased_meanwhile(session: Session, *, worker_id: str, holder: Principal | None) -> bool:
+    if session.get_bind().dialect.name == "postgresql":
+        token_id = holder.token_id if holder is not None else None
+        digest = hashlib.blake2b(f"{token_id}/{worker_id}".encode(), digest_size=8).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+    return bool(held_leases(session, worker_id=worker_id, holder=holder, limit=1))

@@ -35,7 +35,7 @@ from service.errors import Conflict, InvalidSpec, NotFound
 from service.fair_share import loaded_studies_in_turn
 from service.handout import start_trial
 from service.lease_holder import check_completion, check_holder
-from service.lease_rows import held_leases, open_leases, renew_leases
+from service.lease_rows import LeasedMeanwhile, held_leases, open_leases, renew_leases
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, forget_loaded_study, study_of
 from service.trial_lifecycle import (
@@ -85,7 +85,38 @@ def lease_trial(
         (answer,) = renew_leases(session, held, storage=storage, settings=settings, holder=holder)
         session.commit()
         return answer
-    warm = frozenset(warm_backbones)
+    try:
+        return _lease_new(
+            session,
+            storage=storage,
+            settings=settings,
+            worker_id=worker_id,
+            device=device,
+            holder=holder,
+            warm=frozenset(warm_backbones),
+        )
+    except LeasedMeanwhile:
+        session.rollback()
+        return lease_trial(
+            session,
+            storage=storage,
+            settings=settings,
+            worker_id=worker_id,
+            device=device,
+            holder=holder,
+        )
+
+
+def _lease_new(
+    session: Session,
+    *,
+    storage: BaseStorage,
+    settings: Settings,
+    worker_id: str,
+    device: str,
+    holder: Principal | None,
+    warm: frozenset[str],
+) -> Assignment | None:
     in_turn = loaded_studies_in_turn(session, storage, settings=settings, holder=holder, warm=warm)
     for record, entry in in_turn:
         assignment = _lease_from_study(

@@ -80,14 +80,21 @@ class _Message(BaseModel):
 
 
 def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(v) for v in value)
-    if isinstance(value, BaseModel):
-        return any(_holds_nul(v) for v in value.__dict__.values())
+    """Whether a string in `value` (nested to any depth: a loop, not recursion, since
+    attrs nested too deep are refused later, with their path) holds a NUL."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, BaseModel):
+            pending.extend(item.__dict__.values())
     return False
 
 
