@@ -30,9 +30,15 @@ def _run(api: LiveApi, study_id: int, n: int, worker: str) -> list[dict[str, Any
     return done
 
 
-def _entry(study_id: int) -> study_cache.LoadedStudy:
-    (entry,) = [e for key, e in _loaded_studies.items() if key[1] == study_id]
-    return entry
+def _loaded(api: LiveApi) -> dict[int, study_cache.LoadedStudy]:
+    """This app's loaded studies by study id (the cache is the process's: other test
+    modules' apps, on databases of their own, may have studies of the same ids)."""
+    storage = id(api.app.state.storage)
+    return {key[1]: e for key, e in _loaded_studies.items() if key[0] == storage}
+
+
+def _entry(api: LiveApi, study_id: int) -> study_cache.LoadedStudy:
+    return _loaded(api)[study_id]
 
 
 def _only_running(api: LiveApi, **spec: Any) -> int:
@@ -50,7 +56,7 @@ def test_random_search_keeps_no_finished_trial_in_the_process(live_api: LiveApi)
         live_api, sampler={"type": "random", "seed": 3}, budget={"max_trials": 12, "epochs": 1}
     )
     done = _run(live_api, study_id, 8, "random-worker")
-    entry = _entry(study_id)
+    entry = _entry(live_api, study_id)
     assert not entry.reads_history
     assert entry.cached_trial_count() == 0
     trials, counts = entry.for_lease()
@@ -67,7 +73,7 @@ def test_a_sampler_that_reads_history_sees_every_trial(live_api: LiveApi):
         live_api, sampler={"type": "tpe", "seed": 3}, budget={"max_trials": 12, "epochs": 1}
     )
     _run(live_api, study_id, 5, "tpe-worker")
-    entry = _entry(study_id)
+    entry = _entry(live_api, study_id)
     trials, counts = entry.for_lease()
     assert entry.reads_history and len(trials) == 5 and counts["COMPLETE"] == 5
     assert entry.cached_trial_count() == 5
@@ -84,14 +90,14 @@ def test_the_cache_drops_the_least_recently_used_studies_beyond_its_trial_bound(
     # A lease reads the trials finished before it: at the second study's 4th lease
     # the two studies held 3 + 3 trials, over 5. The first study left; the one in
     # use stays.
-    assert not any(key[1] == first for key in _loaded_studies)
-    assert _entry(second).cached_trials == 3
+    assert first not in _loaded(live_api)
+    assert _entry(live_api, second).cached_trials == 3
     # Leased again, it is read again and goes on where it was.
     live_api.as_("root").post(f"/api/v1/studies/{second}/pause")
     live_api.as_("root").post(f"/api/v1/studies/{first}/resume")
     (again,) = _run(live_api, first, 1, "lru-worker")
     assert again["number"] == 4
-    assert not any(key[1] == second for key in _loaded_studies)
+    assert second not in _loaded(live_api)
 
 
 def test_the_trial_bound_is_the_api_setting(
