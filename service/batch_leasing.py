@@ -56,56 +56,33 @@ def lease_trials(
     study has work. Commits as it goes."""
     if not 1 <= count <= MAX_BATCH_LEASE:
         raise ValueError(f"count must be 1..{MAX_BATCH_LEASE}, got {count}")
-    held = _held_again(
-        session, storage=storage, settings=settings, worker_id=worker_id, holder=holder
-    )
-    if held:
-        return held[:count]
-    try:
-        return _lease_new_batch(
-            session,
-            storage=storage,
-            settings=settings,
-            worker_id=worker_id,
-            device=device,
-            count=count,
-            holder=holder,
-            warm=frozenset(warm_backbones),
-        )
-    except LeasedMeanwhile:
-        session.rollback()
-        return _held_again(
+    warm = frozenset(warm_backbones)
+    while True:
+        held = _held_again(
             session, storage=storage, settings=settings, worker_id=worker_id, holder=holder
-        )[:count]
-
-
-def _lease_new_batch(
-    session: Session,
-    *,
-    storage: BaseStorage,
-    settings: Settings,
-    worker_id: str,
-    device: str,
-    count: int,
-    holder: Principal | None,
-    warm: frozenset[str],
-) -> list[Assignment]:
-    in_turn = loaded_studies_in_turn(session, storage, settings=settings, holder=holder, warm=warm)
-    for record, entry in in_turn:
-        assignments = _lease_batch(
-            session,
-            settings=settings,
-            study_id=record.id,
-            entry=entry,
-            worker_id=worker_id,
-            device=device,
-            count=count,
-            holder=holder,
-            warm=warm,
         )
-        if assignments:
-            return assignments
-    return []
+        if held:
+            return held[:count]
+        try:
+            for record, entry in loaded_studies_in_turn(
+                session, storage, settings=settings, holder=holder, warm=warm
+            ):
+                assignments = _lease_batch(
+                    session,
+                    settings=settings,
+                    study_id=record.id,
+                    entry=entry,
+                    worker_id=worker_id,
+                    device=device,
+                    count=count,
+                    holder=holder,
+                    warm=warm,
+                )
+                if assignments:
+                    return assignments
+            return []
+        except LeasedMeanwhile:
+            session.rollback()  # a retry of this worker leased meanwhile: give those leases
 
 
 def _held_again(

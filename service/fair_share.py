@@ -30,6 +30,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, study_of
+from tunefleet.spec import spec_backbones
 
 __all__ = [
     "FAIR_SHARE_WINDOW_S",
@@ -112,12 +113,7 @@ def studies_in_turn(
 
 def _uses_warm_backbone(record: StudyRecord, warm: frozenset[str]) -> bool:
     """Whether the study's source model (or one of its searched ones) is in `warm`."""
-    if not warm:
-        return False
-    spec = record.spec or {}
-    searched = (spec.get("search_space") or {}).get("source_model") or {}
-    choices = searched.get("choices") if isinstance(searched, dict) else None
-    return bool(warm.intersection(choices or [spec.get("source_model")]))
+    return bool(warm) and not warm.isdisjoint(spec_backbones(record.spec or {}))
 
 
 def loaded_studies_in_turn(

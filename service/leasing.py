@@ -79,60 +79,36 @@ def lease_trial(
 
     `holder` is the token asking (None: an in-process caller); a lease held under
     the same worker_id by another token is not this worker's."""
-    held = held_leases(session, worker_id=worker_id, holder=holder, limit=1)
-    if held:
-        # The answer to an earlier lease was lost: the same lease again.
-        (answer,) = renew_leases(session, held, storage=storage, settings=settings, holder=holder)
-        session.commit()
-        return answer
-    try:
-        return _lease_new(
-            session,
-            storage=storage,
-            settings=settings,
-            worker_id=worker_id,
-            device=device,
-            holder=holder,
-            warm=frozenset(warm_backbones),
-        )
-    except LeasedMeanwhile:
-        session.rollback()
-        return lease_trial(
-            session,
-            storage=storage,
-            settings=settings,
-            worker_id=worker_id,
-            device=device,
-            holder=holder,
-        )
-
-
-def _lease_new(
-    session: Session,
-    *,
-    storage: BaseStorage,
-    settings: Settings,
-    worker_id: str,
-    device: str,
-    holder: Principal | None,
-    warm: frozenset[str],
-) -> Assignment | None:
-    in_turn = loaded_studies_in_turn(session, storage, settings=settings, holder=holder, warm=warm)
-    for record, entry in in_turn:
-        assignment = _lease_from_study(
-            session,
-            storage=storage,
-            settings=settings,
-            study_id=record.id,
-            entry=entry,
-            worker_id=worker_id,
-            device=device,
-            holder=holder,
-            warm=warm,
-        )
-        if assignment is not None:
-            return assignment
-    return None
+    warm = frozenset(warm_backbones)
+    while True:
+        held = held_leases(session, worker_id=worker_id, holder=holder, limit=1)
+        if held:
+            # The answer to an earlier lease was lost: the same lease again.
+            (answer,) = renew_leases(
+                session, held, storage=storage, settings=settings, holder=holder
+            )
+            session.commit()
+            return answer
+        try:
+            for record, entry in loaded_studies_in_turn(
+                session, storage, settings=settings, holder=holder, warm=warm
+            ):
+                assignment = _lease_from_study(
+                    session,
+                    storage=storage,
+                    settings=settings,
+                    study_id=record.id,
+                    entry=entry,
+                    worker_id=worker_id,
+                    device=device,
+                    holder=holder,
+                    warm=warm,
+                )
+                if assignment is not None:
+                    return assignment
+            return None
+        except LeasedMeanwhile:
+            session.rollback()  # a retry of this worker leased meanwhile: give that lease
 
 
 def _lease_from_study(

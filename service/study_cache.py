@@ -55,7 +55,6 @@ class LoadedStudy:
         self.distributions = distributions(spec)
         self.reads_history = sampler_reads_history(spec)
         self.lock = threading.RLock()
-        self.cached_trials = 0  # how many trials the cache held at its last read
 
     @property
     def storage(self) -> BaseStorage:
@@ -69,7 +68,6 @@ class LoadedStudy:
         """The study's trials, sorted by number: on RDBStorage one read of those that
         changed since the last (Optuna's cached storage). Not copies: read only."""
         trials = self.storage.get_all_trials(self.optuna_study_id, deepcopy=False)
-        self.cached_trials = self.cached_trial_count()
         with _loaded_studies_lock:
             _evict()
         return trials
@@ -151,12 +149,12 @@ def configure(*, max_cached_trials: int) -> None:
 
 def _evict() -> None:
     """Drop the least recently used studies beyond the cache's bounds (lock held)."""
-    cached = sum(e.cached_trials for e in _loaded_studies.values())
+    cached = sum(e.cached_trial_count() for e in _loaded_studies.values())
     while len(_loaded_studies) > 1 and (
         len(_loaded_studies) > MAX_LOADED_STUDIES or cached > MAX_CACHED_TRIALS
     ):
         _, oldest = _loaded_studies.popitem(last=False)
-        cached -= oldest.cached_trials
+        cached -= oldest.cached_trial_count()
 
 
 def study_of(storage: BaseStorage, record: StudyRecord) -> LoadedStudy:

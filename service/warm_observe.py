@@ -40,13 +40,12 @@ from service.optuna_store import trial_state_counts
 from service.search import distributions
 from service.warm_start import (
     WARM_START_ATTR,
-    backbones_of,
     completed_trials,
     objective_values,
     project_params,
     project_trial,
 )
-from tunefleet.spec import StudySpec
+from tunefleet.spec import StudySpec, spec_backbones
 
 __all__ = [
     "OBSERVE_ATTR",
@@ -73,7 +72,7 @@ class ObservedSource:
     optuna_study_id: int
     objectives: list[dict[str, Any]]  # its spec's objectives: which value is which metric
     trials_before: int  # its trial count at creation: later trials are not observed
-    # The backbones its trials ran on (warm_start.backbones_of); None in a record kept
+    # The backbones its trials ran on (tunefleet.spec.spec_backbones); None in a record kept
     # before backbones were: its trials are then projected by their parameters alone.
     backbones: dict[str, Any] | None = None
 
@@ -86,7 +85,7 @@ class ObservedSource:
             optuna_study_id=record.optuna_study_id,
             objectives=list(record.spec.get("objectives", [])),
             trials_before=sum(counts.values()),
-            backbones=backbones_of(record.spec),
+            backbones=spec_backbones(record.spec),
         )
 
 
@@ -123,7 +122,7 @@ def observations(
     """The sources' completed trials as observations of `spec`'s study, in source order
     and then by trial number; each names its origin (`warm_start_from: study/number`)."""
     space = set(spec.search_space)
-    runs_on = backbones_of(spec.model_dump(mode="json"))
+    runs_on = spec_backbones(spec.model_dump(mode="json"))
     found: list[tuple[dict[str, Any], tuple[float, ...], str]] = []
     for source in sources:
         try:

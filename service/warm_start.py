@@ -22,7 +22,6 @@ on that model (`project_trial`).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from tunefleet.spec import (
     IntParam,
     SpecError,
     StudySpec,
+    spec_backbones,
     validate_params,
 )
 
@@ -50,7 +50,6 @@ __all__ = [
     "WARM_START_ATTR",
     "WarmStartTrial",
     "auto_sources",
-    "backbones_of",
     "best_configurations",
     "completed_trials",
     "dataset_fingerprint",
@@ -145,8 +144,8 @@ def auto_sources(
     )
     if target is None:
         return []
-    wanted = backbones_of(spec.model_dump(mode="json")).items()
-    sharing = [r for r in rows if wanted & backbones_of(r.spec).items()]
+    wanted = spec_backbones(spec.model_dump(mode="json")).items()
+    sharing = [r for r in rows if wanted & spec_backbones(r.spec).items()]
     return [r for r in sharing if fingerprint(r) == target][:AUTO_MAX_STUDIES]
 
 
@@ -173,14 +172,14 @@ def best_configurations(
     """The best `top_k` distinct projected configurations, best first."""
     assert spec.warm_start is not None
     scored: list[tuple[tuple[float, ...], str, dict[str, Any]]] = []
-    runs_on = backbones_of(spec.model_dump(mode="json"))
+    runs_on = spec_backbones(spec.model_dump(mode="json"))
     for record in sources:
         for trial in _completed(storage, record=record):
             scores = _scores(trial, record=record, spec=spec)
             if scores is None:
                 continue
             projected = project_trial(
-                trial.params, ran_on=backbones_of(record.spec), spec=spec, runs_on=runs_on
+                trial.params, ran_on=spec_backbones(record.spec), spec=spec, runs_on=runs_on
             )
             if projected is not None:
                 scored.append((scores, f"{record.name}/{trial.number}", projected))
@@ -273,18 +272,6 @@ def _rank(scored: list, *, several: bool) -> list:
     return front
 
 
-def backbones_of(spec: dict[str, Any]) -> dict[str, Any]:
-    """The source models a study's trials run on (its searched `source_model` choices,
-    else its one source model), each with its weights (a JSON spec)."""
-    searched = (spec.get("search_space") or {}).get(SOURCE_PARAM) or {}
-    models = searched.get("choices") if searched.get("type") == "categorical" else None
-    weights = spec.get("source_weights")
-    return {
-        model: json.dumps(weights.get(model) if isinstance(weights, dict) else weights)
-        for model in models or [spec.get("source_model")]
-    }
-
-
 def project_trial(
     params: dict[str, Any],
     *,
@@ -293,7 +280,7 @@ def project_trial(
     runs_on: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """A past trial's parameters onto `spec` (project_params), given the backbones its
-    study ran on and those of `spec` (`backbones_of`, computed when not given); None
+    study ran on and those of `spec` (`spec_backbones`, computed when not given); None
     when it ran on a backbone `spec` does not use (same model and weights), whose
     result says nothing of this study's."""
     backbone = params.get(SOURCE_PARAM)
@@ -301,7 +288,7 @@ def project_trial(
         (backbone,) = ran_on
     if backbone is not None:
         if runs_on is None:
-            runs_on = backbones_of(spec.model_dump(mode="json"))
+            runs_on = spec_backbones(spec.model_dump(mode="json"))
         if backbone not in runs_on or ran_on.get(backbone) != runs_on[backbone]:
             return None
         if SOURCE_PARAM in spec.search_space:

@@ -97,6 +97,15 @@ def weights_problem(uri: str, weights: str | None) -> str | None:
     )
 
 
+def spec_backbones(spec: dict) -> dict[str, str | None]:
+    """The source models a study's trials run on, from its JSON spec: its searched
+    `source_model` choices, else its one source model; each with its weights."""
+    searched = (spec.get("search_space") or {}).get(SOURCE_PARAM) or {}
+    choices = searched.get("choices") if isinstance(searched, dict) else None
+    weights = spec.get("source_weights")
+    return {model: weights_for(weights, model) for model in choices or [spec.get(SOURCE_PARAM)]}
+
+
 def weights_for(weights: SourceWeights, uri: str) -> str | None:
     """The weights of one source model: the map's entry for it, or the one value."""
     if isinstance(weights, dict):

@@ -86,6 +86,7 @@ from tunefleet._spec_sources import (
     SourceWeights,
     check_source,
     source_problem,
+    spec_backbones,
     weights_for,
 )
 from tunefleet._spec_warm import OBSERVING_SAMPLERS, WarmStart, check_warm_start
@@ -130,6 +131,7 @@ __all__ = [
     "field_path",
     "grid_size",
     "grid_values",
+    "spec_backbones",
     "validate_params",
 ]
 

@@ -91,7 +91,7 @@ def test_the_cache_drops_the_least_recently_used_studies_beyond_its_trial_bound(
     # the two studies held 3 + 3 trials, over 5. The first study left; the one in
     # use stays.
     assert first not in _loaded(live_api)
-    assert _entry(live_api, second).cached_trials == 3
+    assert _entry(live_api, second).cached_trial_count() == 3
     # Leased again, it is read again and goes on where it was.
     live_api.as_("root").post(f"/api/v1/studies/{second}/pause")
     live_api.as_("root").post(f"/api/v1/studies/{first}/resume")
