@@ -1,9 +1,10 @@
 """Search quality: random search, TPE with Hyperband, and TPE with Hyperband warm-started.
 
 In-process Optuna studies on a built-in task (default digits-cnn ->
-builtin:digits-shifted: digits 5-9 turned a quarter, 12 labelled images per
-class), single objective accuracy; the objective is the engine's run_trial,
-whose per-epoch validation accuracy goes to trial.report / trial.should_prune.
+builtin:digits-shifted: digits 5-9 turned a quarter, 30 labelled training and 30
+validation images per class), single objective accuracy; the objective is the
+engine's prepare_trial / fine_tune / finish_trial (run_trial's steps), whose
+per-epoch validation accuracy goes to trial.report / trial.should_prune.
 Arms, per seed: random without pruning; TPE + Hyperband cold; TPE + Hyperband
 warm-started with the best `top_k` configurations of a TPE + Hyperband study
 run first on the related variant (--warm-from, another draw of the labelled
@@ -16,13 +17,18 @@ training time spent until a trial reaches 95% (and 99%) of the best accuracy any
 run found; the prior study's own time is reported apart (it is past work the
 warm start reuses).
 
-    .venv/bin/python -m bench.search_quality [--tiny] [--seeds S] [--trials T] [--epochs E]
+    .venv/bin/python -m bench.search_quality [--tiny] [--seeds S] [--first-seed F]
+        [--trials T] [--epochs E]
 
-A run that never reaches the target counts with its whole budget (and
-`reached` says how many runs did). Ratios are train time of one arm over
-another: below 1 means the first needs less. `discrimination` is the task's
-own measurement: the median accuracy of the random arm's completed trials
-over the best accuracy any run found.
+Training time is the engine's fine_tune (up to the epoch that pruned a trial),
+without loading the data and model or scoring the test split. A run that never
+reaches the target counts with its whole budget (and `reached` says how many
+runs did). Ratios are training time of one arm over another: below 1 means the
+first needs less. `discrimination` is the task's own measurement: the median
+accuracy of the random arm's completed trials over the best accuracy any run
+found. `best_configuration_seed_spread` trains the best trial's configuration
+again with 8 other training seeds: how much of the best accuracy is the
+configuration and how much a lucky seed.
 """
 
 from __future__ import annotations
@@ -40,11 +46,15 @@ from service.warm_observe import ObservedSource, ObservingSampler, observations
 from service.warm_start import WARM_START_ATTR, project_params
 from tunefleet.spec import StudySpec
 from workers.transfer import TrialPruned, run_trial
+from workers.transfer.features import FEATURES
+from workers.transfer.train import fine_tune
+from workers.transfer.trial import finish_trial, prepare_trial
 
 THRESHOLDS = (0.95, 0.99)
 ARMS = ("random_nopruning", "tpe_hyperband", "tpe_hyperband_warm", "tpe_hyperband_warm_observe")
 WARM_ARMS = ("tpe_hyperband_warm", "tpe_hyperband_warm_observe")
 TOP_K = 5
+SPREAD_SEED = 999_000  # training seeds of the best configuration's repeats: no run's seeds
 SEARCH_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 3e-1, "log": True},
     "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
@@ -125,52 +135,85 @@ def run_study(
             dataset=dataset,
         )
         origin = trial.user_attrs.get(WARM_START_ATTR)
+        entry = {"warm_start_from": origin}
         started = time.perf_counter()
+        # run_trial's three steps, so that the training (fine_tune, pruned or not) is
+        # timed apart from loading and from scoring the test split.
+        prepared = prepare_trial(assignment, device="cpu", cache_dir=dirs / "cache")
+        training = time.perf_counter()
         try:
-            result = run_trial(
-                assignment,
+            fit = fine_tune(
+                prepared.model,
+                prepared.data,
+                prepared.cfg,
                 report,
-                device="cpu",
-                cache_dir=dirs / "cache",
-                artifact_dir=dirs / "artifacts",
+                feature_cache=FEATURES,
+                cache_key=prepared.cache_key,
             )
         except TrialPruned:
-            log.append(
-                {
-                    "state": "PRUNED",
-                    "accuracy": None,
-                    "seconds": time.perf_counter() - started,
-                    "epochs": epochs_ran,
-                    "params": trial.params,
-                    "warm_start_from": origin,
-                }
+            entry.update(
+                state="PRUNED", accuracy=None, train_seconds=time.perf_counter() - training
             )
+            log.append(_finished(entry, started, epochs_ran, trial.params))
             raise optuna.TrialPruned() from None
+        entry["train_seconds"] = time.perf_counter() - training
+        result = finish_trial(prepared, fit, artifact_dir=dirs / "artifacts")
         accuracy = result.values["accuracy"]
-        log.append(
-            {
-                "state": "COMPLETE",
-                "accuracy": accuracy,
-                "seconds": time.perf_counter() - started,
-                "epochs": epochs_ran,
-                "params": trial.params,
-                "warm_start_from": origin,
-            }
-        )
+        entry.update(state="COMPLETE", accuracy=accuracy)
+        log.append(_finished(entry, started, epochs_ran, trial.params))
         return accuracy
 
     study.optimize(objective, n_trials=trials)
     return log, study
 
 
+def _finished(entry: dict, started: float, epochs: int, params: dict) -> dict:
+    """A trial's log entry: `seconds` is the whole trial (load, train, score), `train_seconds`
+    the fine-tuning alone (up to the epoch that pruned it)."""
+    return {**entry, "seconds": time.perf_counter() - started, "epochs": epochs, "params": params}
+
+
 def cost_to_reach(log: list[dict], target: float) -> dict:
-    """Trials and seconds up to the first trial at or above target (the whole run if none)."""
+    """Trials and training seconds up to the first trial at or above target (the whole run
+    if none)."""
     seconds = 0.0
     for index, entry in enumerate(log, start=1):
-        seconds += entry["seconds"]
+        seconds += entry["train_seconds"]
         if entry["accuracy"] is not None and entry["accuracy"] >= target:
             return {"reached": True, "trials": index, "seconds": seconds}
     return {"reached": False, "trials": len(log), "seconds": seconds}
+
+
+def seed_spread(params: dict, *, repeats: int, epochs: int, dirs: Path, dataset: str) -> dict:
+    """The best configuration trained again with other training seeds: how much of its
+    accuracy is the configuration and how much the seed, against the 1% between 99% of the
+    best and the best."""
+    accuracies = []
+    for number in range(repeats):
+        assignment = engine_assignment(
+            params,
+            number=number,
+            search_space=SEARCH_SPACE,
+            budget={"epochs": epochs},
+            seed=SPREAD_SEED,
+            dataset=dataset,
+        )
+        result = run_trial(
+            assignment,
+            lambda epoch, value: False,
+            device="cpu",
+            cache_dir=dirs / "cache",
+            artifact_dir=dirs / "artifacts",
+        )
+        accuracies.append(result.values["accuracy"])
+    return {
+        "params": params,
+        "accuracies": accuracies,
+        "mean": statistics.mean(accuracies),
+        "stdev": statistics.stdev(accuracies),
+        "min": min(accuracies),
+        "max": max(accuracies),
+    }
 
 
 def bench_spec() -> StudySpec:
@@ -247,6 +290,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=None, help="runs per arm (default 5)")
     p.add_argument("--trials", type=int, default=None, help="trials per run")
     p.add_argument("--epochs", type=int, default=None, help="epochs of a full trial")
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed.. (another set of runs)"
+    )
     p.add_argument("--dataset", default="builtin:digits-shifted", help="the task searched")
     p.add_argument(
         "--warm-from",
@@ -268,7 +314,7 @@ def main() -> None:
         dirs = Path(tmp)
         for dataset in (args.dataset, args.warm_from):  # warm-up: pretrain, load the data
             run_study("random_nopruning", 0, 1, 1, dirs, dataset=dataset)
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             # The past study on the related variant (another seed, so not a copy of the cold run).
             storage = optuna.storages.InMemoryStorage()
             prior, prior_study = run_study(
@@ -296,15 +342,20 @@ def main() -> None:
                     observed=observed if arm == "tpe_hyperband_warm_observe" else (),
                 )
                 runs[arm].append(log)
+        best_trial = max(
+            (e for logs in runs.values() for log in logs for e in log if e["accuracy"]),
+            key=lambda e: e["accuracy"],
+        )
+        spread = seed_spread(
+            best_trial["params"],
+            repeats=2 if args.tiny else 8,
+            epochs=epochs,
+            dirs=dirs,
+            dataset=args.dataset,
+        )
     wall = time.perf_counter() - started
 
-    best = max(
-        e["accuracy"]
-        for logs in runs.values()
-        for log in logs
-        for e in log
-        if e["accuracy"] is not None
-    )
+    best = best_trial["accuracy"]
     random_accuracies = [
         e["accuracy"] for log in runs["random_nopruning"] for e in log if e["accuracy"] is not None
     ]
@@ -323,6 +374,9 @@ def main() -> None:
             "total_seconds_median": statistics.median(
                 sum(e["seconds"] for e in log) for log in runs[arm]
             ),
+            "train_seconds_median": statistics.median(
+                sum(e["train_seconds"] for e in log) for log in runs[arm]
+            ),
             "pruned_fraction": sum(e["state"] == "PRUNED" for log in runs[arm] for e in log)
             / sum(len(log) for log in runs[arm]),
         }
@@ -334,6 +388,7 @@ def main() -> None:
             "warm_from": args.warm_from,
             "top_k": TOP_K,
             "seeds": seeds,
+            "first_seed": args.first_seed,
             "trials_per_run": trials,
             "epochs": epochs,
             "search_space": SEARCH_SPACE,
@@ -345,10 +400,13 @@ def main() -> None:
         "wall_seconds": wall,
         "best_accuracy_any_run": best,
         "discrimination": discrimination,
+        "best_configuration_seed_spread": spread,
         "thresholds": per_threshold,
         "arms": summary_arms,
         "observations_per_run": observed_counts,
-        "prior_seconds_median": statistics.median(sum(e["seconds"] for e in log) for log in priors),
+        "prior_train_seconds_median": statistics.median(
+            sum(e["train_seconds"] for e in log) for log in priors
+        ),
         "trials": runs,
         "priors": priors,
     }
@@ -378,11 +436,15 @@ def main() -> None:
     for arm, summary in summary_arms.items():
         print(
             f"{arm}: median best {summary['best_accuracy']:.3f}, median run "
-            f"{summary['total_seconds_median']:.1f} s, pruned {summary['pruned_fraction']:.0%}"
+            f"{summary['train_seconds_median']:.1f} s training "
+            f"({summary['total_seconds_median']:.1f} s in all), "
+            f"pruned {summary['pruned_fraction']:.0%}"
         )
     print(
         f"discrimination: random's median {discrimination['random_median_accuracy']:.3f} / "
-        f"best {best:.3f} = {discrimination['ratio']:.2f} (target <= 0.80); "
+        f"best {best:.3f} = {discrimination['ratio']:.2f} (target <= 0.80); the best "
+        f"configuration over {len(spread['accuracies'])} other seeds: mean {spread['mean']:.3f}, "
+        f"sd {spread['stdev']:.3f}, {spread['min']:.3f}-{spread['max']:.3f}; "
         f"wall {wall:.0f} s"
     )
 

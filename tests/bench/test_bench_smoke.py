@@ -104,6 +104,28 @@ def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> Non
     assert len(body["observations_per_run"]) == body["config"]["seeds"]
     for prior, observed in zip(body["priors"], body["observations_per_run"], strict=True):
         assert observed == sum(e["state"] == "COMPLETE" for e in prior)
+    # Time to target counts fine-tuning only: part of each trial's whole time.
+    for logs in body["trials"].values():
+        for entry in (e for log in logs for e in log):
+            assert 0 < entry["train_seconds"] < entry["seconds"]
+    # The best configuration was trained again with other seeds, and that spread is reported.
+    spread = body["best_configuration_seed_spread"]
+    best = max(
+        e["accuracy"]
+        for logs in body["trials"].values()
+        for log in logs
+        for e in log
+        if e["accuracy"]
+    )
+    assert spread["params"] in [
+        e["params"]
+        for logs in body["trials"].values()
+        for log in logs
+        for e in log
+        if e["accuracy"] == best
+    ]
+    assert len(spread["accuracies"]) == 2
+    assert spread["min"] <= spread["mean"] <= spread["max"] <= 1
 
 
 def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path: Path) -> None:

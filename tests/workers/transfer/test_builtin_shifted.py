@@ -17,8 +17,8 @@ DIGITS_INPUT = InputSpec(channels=1, size=8, mean=(0.305,), std=(0.3763,))
 def test_the_shifted_task_has_few_labels_and_a_large_test_split() -> None:
     data = load_dataset("builtin:digits-shifted", DIGITS_INPUT)
     assert data.classes == ("5", "6", "7", "8", "9")
-    assert torch.bincount(data.train.y).tolist() == [12] * 5
-    assert torch.bincount(data.val.y).tolist() == [12] * 5
+    assert torch.bincount(data.train.y).tolist() == [30] * 5
+    assert torch.bincount(data.val.y).tolist() == [30] * 5
     assert len(data.test) >= 500
     # The splits are disjoint: every image of digits 5-9 is in exactly one.
     assert len(data.train) + len(data.val) + len(data.test) == 896
