@@ -23,8 +23,15 @@ from typing import Any
 
 import torch
 
-from bench.harness import apply_threads, engine_assignment, parser, ratio, table, write_results
-from workers.transfer import run_trial
+from bench.harness import (
+    apply_threads,
+    engine_assignment,
+    full_trial,
+    parser,
+    ratio,
+    table,
+    write_results,
+)
 from workers.transfer.access import FileAccess
 from workers.transfer.features import FeatureCache
 
@@ -90,12 +97,10 @@ def one_trial(
         dataset=f"imagefolder:{data}",
         budget={"epochs": epochs},
     )
-    result = run_trial(
+    result = full_trial(
         assignment,
-        lambda *_: False,
+        dirs,
         device=device,
-        cache_dir=dirs / "cache",
-        artifact_dir=dirs / "artifacts",
         feature_cache=cache,
         # The weights and the image folder lie in the benchmark's own folders.
         access=FileAccess(data_roots=(str(data),), model_roots=(str(dirs),)),

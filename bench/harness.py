@@ -51,6 +51,20 @@ def engine_assignment(
     }
 
 
+def full_trial(assignment: dict[str, Any], dirs: Path, **options: Any) -> Any:
+    """The engine's run_trial to its last epoch (never pruned), with its model cache and
+    artifacts under `dirs`; `options` go to run_trial (device, feature_cache, access)."""
+    from workers.transfer import run_trial
+
+    return run_trial(
+        assignment,
+        lambda epoch, value: False,
+        cache_dir=dirs / "cache",
+        artifact_dir=dirs / "artifacts",
+        **options,
+    )
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The flags every benchmark takes: --tiny for CI, --out for the results folder."""
     p = argparse.ArgumentParser(description=description)

@@ -41,11 +41,19 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage
 
-from bench.harness import apply_threads, engine_assignment, parser, ratio, table, write_results
+from bench.harness import (
+    apply_threads,
+    engine_assignment,
+    full_trial,
+    parser,
+    ratio,
+    table,
+    write_results,
+)
 from service.warm_observe import ObservedSource, ObservingSampler, observations
 from service.warm_start import WARM_START_ATTR, project_params
 from tunefleet.spec import StudySpec
-from workers.transfer import TrialPruned, run_trial
+from workers.transfer import TrialPruned
 from workers.transfer.features import FEATURES
 from workers.transfer.train import fine_tune
 from workers.transfer.trial import finish_trial, prepare_trial
@@ -198,14 +206,7 @@ def seed_spread(params: dict, *, repeats: int, epochs: int, dirs: Path, dataset:
             seed=SPREAD_SEED,
             dataset=dataset,
         )
-        result = run_trial(
-            assignment,
-            lambda epoch, value: False,
-            device="cpu",
-            cache_dir=dirs / "cache",
-            artifact_dir=dirs / "artifacts",
-        )
-        accuracies.append(result.values["accuracy"])
+        accuracies.append(full_trial(assignment, dirs, device="cpu").values["accuracy"])
     return {
         "params": params,
         "accuracies": accuracies,

@@ -29,13 +29,14 @@ from torch import nn
 from bench.harness import (
     apply_threads,
     engine_assignment,
+    full_trial,
     parser,
     ratio,
     summarize,
     table,
     write_results,
 )
-from workers.transfer import builtin, run_trial
+from workers.transfer import builtin
 from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD
 from workers.transfer.data import Dataset, load_dataset
 from workers.transfer.features import FeatureCache
@@ -58,14 +59,7 @@ def engine_trial(
         budget={"epochs": epochs},
     )
     started = time.perf_counter()
-    result = run_trial(
-        assignment,
-        lambda _epoch, _acc: False,
-        device="cpu",
-        cache_dir=dirs / "cache",
-        artifact_dir=dirs / "artifacts",
-        feature_cache=feature_cache,
-    )
+    result = full_trial(assignment, dirs, device="cpu", feature_cache=feature_cache)
     return time.perf_counter() - started, result.values["accuracy"]
 
 
