@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session
 from service.auth import Principal
 from service.budget import study_budget
 from service.config import Settings
-from service.fair_share import loaded_studies_in_turn, running_trials_by_owner
+from service.fair_share import first_lease_in_turn, running_trials_by_owner
 from service.handout import start_trial
-from service.lease_rows import LeasedMeanwhile, held_leases, open_leases, renew_leases
+from service.lease_rows import held_leases, open_leases, renew_leases
 from service.models import StudyRecord, StudyState
 from service.study_cache import LoadedStudy, forget_loaded_study
 from tunefleet.protocol import MAX_BATCH_LEASE, Assignment
@@ -57,32 +57,30 @@ def lease_trials(
     if not 1 <= count <= MAX_BATCH_LEASE:
         raise ValueError(f"count must be 1..{MAX_BATCH_LEASE}, got {count}")
     warm = frozenset(warm_backbones)
-    while True:
-        held = _held_again(
-            session, storage=storage, settings=settings, worker_id=worker_id, holder=holder
+    return (
+        first_lease_in_turn(
+            session,
+            storage,
+            settings=settings,
+            holder=holder,
+            warm=warm,
+            held_again=lambda: _held_again(
+                session, storage=storage, settings=settings, worker_id=worker_id, holder=holder
+            )[:count],
+            lease_from=lambda study_id, entry: _lease_batch(
+                session,
+                settings=settings,
+                study_id=study_id,
+                entry=entry,
+                worker_id=worker_id,
+                device=device,
+                count=count,
+                holder=holder,
+                warm=warm,
+            ),
         )
-        if held:
-            return held[:count]
-        try:
-            for record, entry in loaded_studies_in_turn(
-                session, storage, settings=settings, holder=holder, warm=warm
-            ):
-                assignments = _lease_batch(
-                    session,
-                    settings=settings,
-                    study_id=record.id,
-                    entry=entry,
-                    worker_id=worker_id,
-                    device=device,
-                    count=count,
-                    holder=holder,
-                    warm=warm,
-                )
-                if assignments:
-                    return assignments
-            return []
-        except LeasedMeanwhile:
-            session.rollback()  # a retry of this worker leased meanwhile: give those leases
+        or []
+    )
 
 
 def _held_again(

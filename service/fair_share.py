@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import TypeVar
 
 import sqlalchemy as sa
 from optuna.storages import BaseStorage
@@ -28,9 +29,12 @@ from sqlalchemy.orm import Session
 
 from service.auth import Principal
 from service.config import Settings
+from service.lease_rows import LeasedMeanwhile
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, study_of
 from tunefleet.spec import spec_backbones
+
+T = TypeVar("T")
 
 __all__ = [
     "FAIR_SHARE_WINDOW_S",
@@ -133,3 +137,33 @@ def loaded_studies_in_turn(
             log.warning("study %s has no Optuna study %r", record.id, record.optuna_study_name)
             continue
         yield record, entry
+
+
+def first_lease_in_turn(
+    session: Session,
+    storage: BaseStorage,
+    *,
+    settings: Settings,
+    holder: Principal | None,
+    warm: frozenset[str],
+    held_again: Callable[[], T | None],
+    lease_from: Callable[[int, LoadedStudy], T | None],
+) -> T | None:
+    """The lease paths' shape: what the worker already holds (`held_again`), else what
+    the first study in turn hands out (`lease_from(study_id, entry)`); None when nothing.
+    A hand-out that finds a lease a retry of the same worker committed meanwhile rolls
+    back and looks again, so that the answer is that lease."""
+    while True:
+        held = held_again()
+        if held:
+            return held
+        try:
+            for record, entry in loaded_studies_in_turn(
+                session, storage, settings=settings, holder=holder, warm=warm
+            ):
+                got = lease_from(record.id, entry)
+                if got:
+                    return got
+            return None
+        except LeasedMeanwhile:
+            session.rollback()

@@ -32,10 +32,10 @@ from service.auth import Principal
 from service.budget import fail_and_requeue, lease_worker_attrs, settle_study, study_budget
 from service.config import Settings
 from service.errors import Conflict, InvalidSpec, NotFound
-from service.fair_share import loaded_studies_in_turn
+from service.fair_share import first_lease_in_turn
 from service.handout import start_trial
 from service.lease_holder import check_completion, check_holder
-from service.lease_rows import LeasedMeanwhile, held_leases, open_leases, renew_leases
+from service.lease_rows import held_leases, open_leases, renew_leases
 from service.models import Lease, LeaseState, StudyRecord, StudyState, utcnow
 from service.study_cache import LoadedStudy, forget_loaded_study, study_of
 from service.trial_lifecycle import (
@@ -80,35 +80,35 @@ def lease_trial(
     `holder` is the token asking (None: an in-process caller); a lease held under
     the same worker_id by another token is not this worker's."""
     warm = frozenset(warm_backbones)
-    while True:
+
+    def held_again() -> Assignment | None:
         held = held_leases(session, worker_id=worker_id, holder=holder, limit=1)
-        if held:
-            # The answer to an earlier lease was lost: the same lease again.
-            (answer,) = renew_leases(
-                session, held, storage=storage, settings=settings, holder=holder
-            )
-            session.commit()
-            return answer
-        try:
-            for record, entry in loaded_studies_in_turn(
-                session, storage, settings=settings, holder=holder, warm=warm
-            ):
-                assignment = _lease_from_study(
-                    session,
-                    storage=storage,
-                    settings=settings,
-                    study_id=record.id,
-                    entry=entry,
-                    worker_id=worker_id,
-                    device=device,
-                    holder=holder,
-                    warm=warm,
-                )
-                if assignment is not None:
-                    return assignment
+        if not held:
             return None
-        except LeasedMeanwhile:
-            session.rollback()  # a retry of this worker leased meanwhile: give that lease
+        # The answer to an earlier lease was lost: the same lease again.
+        (answer,) = renew_leases(session, held, storage=storage, settings=settings, holder=holder)
+        session.commit()
+        return answer
+
+    return first_lease_in_turn(
+        session,
+        storage,
+        settings=settings,
+        holder=holder,
+        warm=warm,
+        held_again=held_again,
+        lease_from=lambda study_id, entry: _lease_from_study(
+            session,
+            storage=storage,
+            settings=settings,
+            study_id=study_id,
+            entry=entry,
+            worker_id=worker_id,
+            device=device,
+            holder=holder,
+            warm=warm,
+        ),
+    )
 
 
 def _lease_from_study(

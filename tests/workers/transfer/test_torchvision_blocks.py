@@ -132,17 +132,18 @@ def never_prune(epoch: int, value: float) -> bool:
     return False
 
 
-def test_a_vit_trial_fine_tunes_only_its_top_encoder_layer(tmp_path, make_assignment, artifact_dir):
-    write_torchvision_cache(tmp_path, "vit_b_32")
+def top_block_trial(name, tmp_path, make_assignment, artifact_dir, cache):
+    """One epoch of `name` (random weights in a cache laid out as torchvision's) with its top
+    block unfrozen, on a small image folder: the source model and the trial's result."""
+    write_torchvision_cache(tmp_path, name)
     images = write_imagefolder(tmp_path / "images")
     source = sources.load_source_model(
-        "torchvision:vit_b_32", weights="pretrained", cache_dir=tmp_path
+        f"torchvision:{name}", weights="pretrained", cache_dir=tmp_path
     )
-    assert source.num_stages == 1 and source.num_blocks == 13  # runs whole
     result = run_trial(
         make_assignment(
             {"unfreeze_blocks": 1, "batch_size": 8},
-            source_model="torchvision:vit_b_32",
+            source_model=f"torchvision:{name}",
             source_weights="pretrained",
             dataset=f"imagefolder:{images}",
             budget={"epochs": 1},
@@ -150,8 +151,16 @@ def test_a_vit_trial_fine_tunes_only_its_top_encoder_layer(tmp_path, make_assign
         never_prune,
         cache_dir=tmp_path,
         artifact_dir=artifact_dir,
-        feature_cache=FeatureCache(),
+        feature_cache=cache,
     )
+    return source, result
+
+
+def test_a_vit_trial_fine_tunes_only_its_top_encoder_layer(tmp_path, make_assignment, artifact_dir):
+    source, result = top_block_trial(
+        "vit_b_32", tmp_path, make_assignment, artifact_dir, FeatureCache()
+    )
+    assert source.num_stages == 1 and source.num_blocks == 13  # runs whole
     assert result.attrs["backbone_stages"] == 13 and result.attrs["unfrozen_stages"] == 1
     after = load_file(result.artifact)
     before = source.backbone()[0][0].state_dict()
@@ -162,27 +171,12 @@ def test_a_vit_trial_fine_tunes_only_its_top_encoder_layer(tmp_path, make_assign
 
 def test_a_squeezenet_trial_caches_its_frozen_blocks(tmp_path, make_assignment, artifact_dir):
     # SqueezeNet's classifier is a convolution, not a linear layer: it is replaced too.
-    write_torchvision_cache(tmp_path, "squeezenet1_1")
-    images = write_imagefolder(tmp_path / "images")
-    source = sources.load_source_model(
-        "torchvision:squeezenet1_1", weights="pretrained", cache_dir=tmp_path
+    cache = FeatureCache()
+    source, result = top_block_trial(
+        "squeezenet1_1", tmp_path, make_assignment, artifact_dir, cache
     )
     assert source.num_stages == source.num_blocks == 9 and source.blocks is None
     assert source.feature_dim == 512
-    cache = FeatureCache()
-    result = run_trial(
-        make_assignment(
-            {"unfreeze_blocks": 1, "batch_size": 8},
-            source_model="torchvision:squeezenet1_1",
-            source_weights="pretrained",
-            dataset=f"imagefolder:{images}",
-            budget={"epochs": 1},
-        ),
-        never_prune,
-        cache_dir=tmp_path,
-        artifact_dir=artifact_dir,
-        feature_cache=cache,
-    )
     assert result.attrs["unfrozen_stages"] == 1 and result.attrs["feature_cache"] == "miss"
     assert {key[-1] for key in cache._entries} == {8}  # output of the 8 frozen blocks
 
