@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 __all__ = [
     "FAIR_SHARE_WINDOW_S",
+    "first_lease_in_turn",
     "loaded_studies_in_turn",
     "running_trials_by_owner",
     "studies_in_turn",
