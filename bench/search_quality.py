@@ -1,8 +1,10 @@
 """Search quality: random search, TPE with Hyperband, and TPE with Hyperband warm-started.
 
-In-process Optuna studies on a built-in task (default digits-cnn ->
-builtin:digits-shifted: digits 5-9 turned a quarter, 30 labelled training and 30
-validation images per class), single objective accuracy; the objective is the
+In-process Optuna studies on a built-in task (default glyphs-cnn ->
+builtin:glyphs: ten generated glyphs the source never saw, drawn thinner and
+noisier, 60 labelled training and 50 validation images per class and 5,000 test
+images; `--dataset builtin:digits-shifted` runs the digits task of earlier
+figures), single objective accuracy; the objective is the
 engine's prepare_trial / fine_tune / finish_trial (run_trial's steps), whose
 per-epoch validation accuracy goes to trial.report / trial.should_prune.
 Arms, per seed: random without pruning; TPE + Hyperband cold; TPE + Hyperband
@@ -18,7 +20,8 @@ run found; the prior study's own time is reported apart (it is past work the
 warm start reuses).
 
     .venv/bin/python -m bench.search_quality [--tiny] [--seeds S] [--first-seed F]
-        [--trials T] [--epochs E]
+        [--trials T] [--epochs E] [--dataset D] [--warm-from D] [--cache-dir DIR]
+        [--jobs J]
 
 Training time is the engine's fine_tune (up to the epoch that pruned a trial),
 without loading the data and model or scoring the test split. A run that never
@@ -33,9 +36,13 @@ configuration and how much a lucky seed.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -62,6 +69,7 @@ THRESHOLDS = (0.95, 0.99)
 ARMS = ("random_nopruning", "tpe_hyperband", "tpe_hyperband_warm", "tpe_hyperband_warm_observe")
 WARM_ARMS = ("tpe_hyperband_warm", "tpe_hyperband_warm_observe")
 TOP_K = 5
+SOURCE_FOR = {"builtin:glyphs": "builtin:glyphs-cnn", "builtin:glyphs-s1": "builtin:glyphs-cnn"}
 SPREAD_SEED = 999_000  # training seeds of the best configuration's repeats: no run's seeds
 SEARCH_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 3e-1, "log": True},
@@ -94,6 +102,7 @@ def run_study(
     dirs: Path,
     *,
     dataset: str,
+    source_model: str,
     warm: list[tuple[dict, str]] = (),
     observed: list[optuna.trial.FrozenTrial] = (),
     storage: BaseStorage | None = None,
@@ -141,6 +150,7 @@ def run_study(
             budget={"epochs": epochs},
             seed=1000 * seed,  # training seed: this + trial number
             dataset=dataset,
+            source_model=source_model,
         )
         origin = trial.user_attrs.get(WARM_START_ATTR)
         entry = {"warm_start_from": origin}
@@ -192,7 +202,9 @@ def cost_to_reach(log: list[dict], target: float) -> dict:
     return {"reached": False, "trials": len(log), "seconds": seconds}
 
 
-def seed_spread(params: dict, *, repeats: int, epochs: int, dirs: Path, dataset: str) -> dict:
+def seed_spread(
+    params: dict, *, repeats: int, epochs: int, dirs: Path, dataset: str, source_model: str
+) -> dict:
     """The best configuration trained again with other training seeds: how much of its
     accuracy is the configuration and how much the seed, against the 1% between 99% of the
     best and the best."""
@@ -205,6 +217,7 @@ def seed_spread(params: dict, *, repeats: int, epochs: int, dirs: Path, dataset:
             budget={"epochs": epochs},
             seed=SPREAD_SEED,
             dataset=dataset,
+            source_model=source_model,
         )
         accuracies.append(full_trial(assignment, dirs, device="cpu").values["accuracy"])
     return {
@@ -253,6 +266,53 @@ def prior_observations(
     return observations(storage, sources=[source], spec=bench_spec())
 
 
+def run_seed(
+    seed: int,
+    *,
+    trials: int,
+    epochs: int,
+    dirs: Path,
+    dataset: str,
+    warm_from: str,
+    source_model: str,
+    threads: int,
+) -> tuple[list[dict], int, dict[str, list[dict]]]:
+    """One seed: the prior study on the related variant, then every arm on the task;
+    returns the prior's log, how many observations it gave, and each arm's log."""
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The past study on the related variant (another seed, so not a copy of the cold run).
+    storage = optuna.storages.InMemoryStorage()
+    prior, prior_study = run_study(
+        "tpe_hyperband",
+        100 + seed,
+        trials,
+        epochs,
+        dirs,
+        dataset=warm_from,
+        source_model=source_model,
+        storage=storage,
+    )
+    warm = warm_configurations(prior, name=f"prior-{seed}")
+    observed = prior_observations(storage, prior_study, name=f"prior-{seed}")
+    logs = {}
+    for arm in ARMS:  # interleaved, so that the machine's load hits all alike
+        logs[arm], _ = run_study(
+            arm,
+            seed,
+            trials,
+            epochs,
+            dirs,
+            dataset=dataset,
+            source_model=source_model,
+            warm=warm if arm in WARM_ARMS else (),
+            observed=observed if arm == "tpe_hyperband_warm_observe" else (),
+        )
+    return prior, len(observed), logs
+
+
 def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
     per_threshold = {}
     for threshold in THRESHOLDS:
@@ -294,13 +354,29 @@ def main() -> None:
     p.add_argument(
         "--first-seed", type=int, default=0, help="seeds first-seed.. (another set of runs)"
     )
-    p.add_argument("--dataset", default="builtin:digits-shifted", help="the task searched")
+    p.add_argument("--dataset", default="builtin:glyphs", help="the task searched")
     p.add_argument(
         "--warm-from",
-        default="builtin:digits-shifted-s1",
-        help="the related variant the warm-started arm's prior study searched",
+        default=None,
+        help="the related variant the warm-started arm's prior study searched "
+        "(default: the dataset's -s1 variant)",
     )
+    p.add_argument(
+        "--source-model",
+        default=None,
+        help="the source model (default: the built-in one the dataset belongs to)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="a cache holding the pretrained built-in source models (copied; default: "
+        "pretrain them in the run's own folder)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="seeds run side by side, one process each")
     args = p.parse_args()
+    args.warm_from = args.warm_from or f"{args.dataset}-s1"
+    args.source_model = args.source_model or SOURCE_FOR.get(args.dataset, "builtin:digits-cnn")
     apply_threads(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = args.seeds or (2 if args.tiny else 5)
@@ -313,36 +389,35 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tf-bench-search-") as tmp:
         dirs = Path(tmp)
+        if args.cache_dir is not None:
+            shutil.copytree(args.cache_dir / "sources", dirs / "cache" / "sources")
         for dataset in (args.dataset, args.warm_from):  # warm-up: pretrain, load the data
-            run_study("random_nopruning", 0, 1, 1, dirs, dataset=dataset)
-        for seed in range(args.first_seed, args.first_seed + seeds):
-            # The past study on the related variant (another seed, so not a copy of the cold run).
-            storage = optuna.storages.InMemoryStorage()
-            prior, prior_study = run_study(
-                "tpe_hyperband",
-                100 + seed,
-                trials,
-                epochs,
-                dirs,
-                dataset=args.warm_from,
-                storage=storage,
+            run_study(
+                "random_nopruning", 0, 1, 1, dirs, dataset=dataset, source_model=args.source_model
             )
+        task = {
+            "trials": trials,
+            "epochs": epochs,
+            "dirs": dirs,
+            "dataset": args.dataset,
+            "warm_from": args.warm_from,
+            "source_model": args.source_model,
+            "threads": args.threads,
+        }
+        order = range(args.first_seed, args.first_seed + seeds)
+        if args.jobs > 1:
+            # One seed per process (spawned: a forked torch may hang); each seed's arms
+            # still run in one process, one after the other.
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+                done = list(pool.map(functools.partial(run_seed, **task), order))
+        else:
+            done = [run_seed(seed, **task) for seed in order]
+        for prior, observed_count, logs in done:
             priors.append(prior)
-            warm = warm_configurations(prior, name=f"prior-{seed}")
-            observed = prior_observations(storage, prior_study, name=f"prior-{seed}")
-            observed_counts.append(len(observed))
-            for arm in ARMS:  # interleaved, so that the machine's load hits all alike
-                log, _ = run_study(
-                    arm,
-                    seed,
-                    trials,
-                    epochs,
-                    dirs,
-                    dataset=args.dataset,
-                    warm=warm if arm in WARM_ARMS else (),
-                    observed=observed if arm == "tpe_hyperband_warm_observe" else (),
-                )
-                runs[arm].append(log)
+            observed_counts.append(observed_count)
+            for arm in ARMS:
+                runs[arm].append(logs[arm])
         best_trial = max(
             (e for logs in runs.values() for log in logs for e in log if e["accuracy"]),
             key=lambda e: e["accuracy"],
@@ -353,6 +428,7 @@ def main() -> None:
             epochs=epochs,
             dirs=dirs,
             dataset=args.dataset,
+            source_model=args.source_model,
         )
     wall = time.perf_counter() - started
 
@@ -387,9 +463,11 @@ def main() -> None:
         "config": {
             "dataset": args.dataset,
             "warm_from": args.warm_from,
+            "source_model": args.source_model,
             "top_k": TOP_K,
             "seeds": seeds,
             "first_seed": args.first_seed,
+            "jobs": args.jobs,
             "trials_per_run": trials,
             "epochs": epochs,
             "search_space": SEARCH_SPACE,

@@ -364,3 +364,14 @@ def test_an_assignment_carries_the_spec_validated() -> None:
     with pytest.raises(ValidationError) as info:
         Assignment.model_validate(lease)
     assert [field_path(e["loc"]) for e in info.value.errors()] == ["spec.compression.prune_amount"]
+
+
+def test_the_built_in_glyph_task_and_its_source_model_are_known() -> None:
+    spec = StudySpec.model_validate(
+        base_spec(source_model="builtin:glyphs-cnn", dataset="builtin:glyphs-s1")
+    )
+    assert (spec.source_model, spec.dataset) == ("builtin:glyphs-cnn", "builtin:glyphs-s1")
+    message = error_paths(base_spec(source_model="builtin:glyph-cnn"))["source_model"]
+    assert "digits-cnn" in message and "glyphs-cnn" in message
+    message = error_paths(base_spec(dataset="builtin:glyph"))["dataset"]
+    assert "glyphs" in message and "glyphs-s1" in message

@@ -23,7 +23,7 @@ from tunefleet._spec_search import CategoricalParam
 if TYPE_CHECKING:
     from tunefleet.spec import StudySpec
 
-BUILTIN_MODELS = ("digits-cnn",)
+BUILTIN_MODELS = ("digits-cnn", "glyphs-cnn")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 FAMILIES = ("builtin", "timm", "torchvision", "file")
 PRETRAINED = "pretrained"

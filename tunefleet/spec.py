@@ -135,7 +135,13 @@ __all__ = [
     "validate_params",
 ]
 
-BUILTIN_DATASETS = ("digits-5to9", "digits-shifted", "digits-shifted-s1")
+BUILTIN_DATASETS = (
+    "digits-5to9",
+    "digits-shifted",
+    "digits-shifted-s1",
+    "glyphs",
+    "glyphs-s1",
+)
 
 
 class Budget(SpecModel):

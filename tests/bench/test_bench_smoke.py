@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, subprocess_env
+from tests.conftest import REPO_ROOT, pretrained_source_models, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +79,23 @@ def test_trial_cost_reports_overhead_and_cache_speedup(tmp_path: Path) -> None:
 
 
 def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> None:
-    body = run_benchmark(module("search_quality"), tmp_path)
+    from workers.transfer import builtin
+
+    cache = pretrained_source_models()
+    builtin.load_or_pretrain(cache, builtin.GLYPHS_ARCH)  # once per test run, shared
+    body = run_benchmark(
+        [*module("search_quality"), "--cache-dir", str(cache), "--jobs", "2"], tmp_path
+    )
     assert 0 < body["best_accuracy_any_run"] <= 1
-    assert body["config"]["dataset"] == "builtin:digits-shifted"
+    assert body["config"]["dataset"] == "builtin:glyphs"
+    assert body["config"]["warm_from"] == "builtin:glyphs-s1"
+    assert body["config"]["source_model"] == "builtin:glyphs-cnn"
+    assert body["config"]["jobs"] == 2  # seeds in two processes, gathered in seed order
+    assert [log[0]["warm_start_from"] for log in body["trials"]["tpe_hyperband_warm"]] == [
+        f"prior-{seed}/{number}"
+        for seed, prior in enumerate(body["priors"])
+        for number in [max(range(len(prior)), key=lambda n: prior[n]["accuracy"] or 0)]
+    ]
     assert set(body["arms"]) == {
         "random_nopruning",
         "tpe_hyperband",

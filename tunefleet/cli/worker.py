@@ -59,7 +59,10 @@ def worker(
     ] = None,
     warm: Annotated[
         bool,
-        typer.Option("--warm", help="Pretrain the built-in source model before the first lease."),
+        typer.Option(
+            "--warm",
+            help="Pretrain the demo's source model (builtin:digits-cnn) before the first lease.",
+        ),
     ] = False,
     objective: Annotated[
         str | None,

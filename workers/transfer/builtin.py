@@ -1,8 +1,10 @@
-"""The built-in source model `builtin:digits-cnn`, pretrained here on digits 0-4.
+"""The built-in source models, pretrained here: `builtin:digits-cnn` and `builtin:glyphs-cnn`.
 
-The source task is scikit-learn's 8x8 digits 0-4; the target task
-(`builtin:digits-5to9`) is the other five digits, so a study on the built-in
-pair is a real transfer problem that runs in seconds on a CPU.
+`builtin:digits-cnn` learns scikit-learn's 8x8 digits 0-4; its target tasks
+(`builtin:digits-5to9`, `builtin:digits-shifted`) are the other five digits, so
+a study on the built-in pair is a real transfer problem that runs in seconds on a
+CPU. `builtin:glyphs-cnn` learns ten generated 16x16 glyphs (glyphs.py); its
+target tasks (`builtin:glyphs`) are ten other glyphs, drawn differently.
 Pretraining is deterministic; the weights are written once as safetensors in
 the cache directory and reused by every later trial and worker on the machine.
 """
@@ -12,21 +14,23 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.transfer import glyphs
 from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD, digits_arrays
+from workers.transfer.data import InputSpec
 from workers.transfer.weights import StateDict, load_weights, save_weights, state_dict_hash
 
 ARCH = "builtin:digits-cnn"
-# Bump when the architecture or the pretraining recipe changes: it names the cache file.
-RECIPE_VERSION = 1
+GLYPHS_ARCH = "builtin:glyphs-cnn"
 PRETRAIN_SEED = 0
-PRETRAIN_EPOCHS = 8
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,8 @@ class ResidualBlock(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """Stem and three residual blocks on 1x8x8 inputs (already normalised)."""
+    """Stem and three residual blocks on one-channel inputs (already normalised): 8x8
+    digits, or 16x16 glyphs for `builtin:glyphs-cnn`."""
 
     def __init__(self, num_classes: int = len(SOURCE_CLASSES)) -> None:
         super().__init__()
@@ -73,8 +78,60 @@ class DigitsCNN(nn.Module):
         return self.fc(self.pool(x))
 
 
-def cache_path(cache_dir: Path) -> Path:
-    return Path(cache_dir) / "sources" / f"digits-cnn-v{RECIPE_VERSION}.safetensors"
+def _digits_source() -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = digits_arrays()
+    keep = torch.isin(labels, torch.tensor(SOURCE_CLASSES))
+    return images[keep], labels[keep]
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """A source model pretrained here: its data, recipe and what it expects as input."""
+
+    arch: str
+    # Bump when the architecture or the pretraining recipe changes: it names the cache file.
+    recipe_version: int
+    source_task: str
+    classes: int
+    arrays: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # images in [0, 1], labels
+    input_spec: InputSpec
+    epochs: int
+    seconds: int  # about how long pretraining takes on one CPU core
+
+    @property
+    def name(self) -> str:
+        return self.arch.partition(":")[2]
+
+
+SOURCES = {
+    ARCH: BuiltinSource(
+        ARCH,
+        recipe_version=1,
+        source_task="sklearn digits 0-4",
+        classes=len(SOURCE_CLASSES),
+        arrays=_digits_source,
+        input_spec=InputSpec(channels=1, size=8, mean=(DIGITS_MEAN,), std=(DIGITS_STD,)),
+        epochs=8,
+        seconds=10,
+    ),
+    GLYPHS_ARCH: BuiltinSource(
+        GLYPHS_ARCH,
+        recipe_version=1,
+        source_task="generated glyphs " + " ".join(glyphs.SOURCE_GLYPHS),
+        classes=len(glyphs.SOURCE_GLYPHS),
+        arrays=glyphs.source_arrays,
+        input_spec=InputSpec(
+            channels=1, size=glyphs.SIZE, mean=(glyphs.GLYPHS_MEAN,), std=(glyphs.GLYPHS_STD,)
+        ),
+        epochs=6,
+        seconds=30,
+    ),
+}
+
+
+def cache_path(cache_dir: Path, arch: str = ARCH) -> Path:
+    source = SOURCES[arch]
+    return Path(cache_dir) / "sources" / f"{source.name}-v{source.recipe_version}.safetensors"
 
 
 @contextmanager
@@ -89,9 +146,11 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_or_pretrain(cache_dir: Path) -> tuple[StateDict, str]:
-    """The pretrained weights and their content hash, pretraining on the first call."""
-    path = cache_path(cache_dir)
+def load_or_pretrain(cache_dir: Path, arch: str = ARCH) -> tuple[StateDict, str]:
+    """The pretrained weights of `arch` and their content hash, pretraining on the first
+    call."""
+    source = SOURCES[arch]
+    path = cache_path(cache_dir, arch)
     with _file_lock(path.with_suffix(".lock")):
         if path.is_file():
             state, metadata = load_weights(path)
@@ -99,36 +158,43 @@ def load_or_pretrain(cache_dir: Path) -> tuple[StateDict, str]:
             if metadata.get("sha256") == digest:
                 return state, digest
             # A torn or foreign file: pretrain again rather than trust it.
-        log.info("pretraining %s once (about 10 s on a CPU), cached in %s", ARCH, path)
-        state, source_accuracy = pretrain()
+        log.info(
+            "pretraining %s once (about %d s on a CPU), cached in %s", arch, source.seconds, path
+        )
+        state, source_accuracy = pretrain(source)
         digest = state_dict_hash(state)
         save_weights(
             path,
             state,
             {
-                "arch": ARCH,
-                "recipe_version": str(RECIPE_VERSION),
+                "arch": arch,
+                "recipe_version": str(source.recipe_version),
                 "sha256": digest,
-                "source_task": "sklearn digits 0-4",
+                "source_task": source.source_task,
                 "source_train_accuracy": f"{source_accuracy:.4f}",
             },
         )
         return state, digest
 
 
-def warm_cache(cache_dir: Path) -> str:
-    """Pretrain the built-in source model now, if it is not cached; returns its hash."""
-    _, digest = load_or_pretrain(cache_dir)
-    log.info("%s ready in %s (sha256 %s)", ARCH, cache_path(cache_dir), digest[:12])
+def warm_cache(cache_dir: Path, arch: str = ARCH) -> str:
+    """Pretrain the built-in source model `arch` now, if it is not cached; returns its
+    hash."""
+    _, digest = load_or_pretrain(cache_dir, arch)
+    log.info("%s ready in %s (sha256 %s)", arch, cache_path(cache_dir, arch), digest[:12])
     return digest
 
 
-def pretrain(epochs: int = PRETRAIN_EPOCHS, seed: int = PRETRAIN_SEED) -> tuple[StateDict, float]:
-    """Train DigitsCNN on digits 0-4 on the CPU; the same seed gives the same bytes."""
-    images, labels = digits_arrays()
-    keep = torch.isin(labels, torch.tensor(SOURCE_CLASSES))
-    x = (images[keep] - DIGITS_MEAN) / DIGITS_STD
-    y = labels[keep]
+def pretrain(
+    source: BuiltinSource = SOURCES[ARCH],
+    *,
+    epochs: int | None = None,
+    seed: int = PRETRAIN_SEED,
+) -> tuple[StateDict, float]:
+    """Train DigitsCNN on the source's task on the CPU; the same seed gives the same bytes."""
+    epochs = epochs or source.epochs
+    images, y = source.arrays()
+    x = (images - source.input_spec.mean[0]) / source.input_spec.std[0]
     threads = torch.get_num_threads()
     # One thread: the reduction order, hence the bytes, no longer depend on the machine.
     torch.set_num_threads(1)
@@ -136,7 +202,7 @@ def pretrain(epochs: int = PRETRAIN_EPOCHS, seed: int = PRETRAIN_SEED) -> tuple[
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = DigitsCNN()
+            model = DigitsCNN(source.classes)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
         batch_size = 64
         steps = epochs * math.ceil(len(x) / batch_size)

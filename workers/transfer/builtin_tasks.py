@@ -1,5 +1,7 @@
 """The built-in target tasks: scikit-learn's 8x8 digits, held in memory.
 
+(The generated glyph tasks, `builtin:glyphs` and `-s1`, are in glyphs.py.)
+
 ``builtin:digits-5to9`` (and ``-0to4``, the source model's own digits) split
 like any dataset; ``builtin:digits-shifted`` is a few-shot task under a domain
 shift, the digits 5-9 turned a quarter with 30 labelled images per class.
@@ -72,12 +74,16 @@ def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_builtin(uri: str) -> Dataset:
+    from workers.transfer.glyphs import GLYPH_DATASETS, load_glyphs
+
     if uri in SHIFTED_DATASETS:
         return load_shifted(uri, SHIFTED_DATASETS[uri])
+    if uri in GLYPH_DATASETS:
+        return load_glyphs(uri, GLYPH_DATASETS[uri])
     if uri not in BUILTIN_DATASETS:
         raise DatasetError(
             f"unknown built-in dataset {uri!r}; the built-in ones are "
-            + ", ".join(sorted([*BUILTIN_DATASETS, *SHIFTED_DATASETS]))
+            + ", ".join(sorted([*BUILTIN_DATASETS, *SHIFTED_DATASETS, *GLYPH_DATASETS]))
         )
     digits = BUILTIN_DATASETS[uri]
     images, labels = digits_arrays()

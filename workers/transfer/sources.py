@@ -1,7 +1,7 @@
 """Source models by URI, loaded once per worker process and kept while they fit.
 
-`builtin:digits-cnn` is pretrained here (see builtin.py); `timm:<name>` and
-`torchvision:<arch>` are built by their library and take `pretrained` (the
+`builtin:digits-cnn` and `builtin:glyphs-cnn` are pretrained here (see builtin.py);
+`timm:<name>` and `torchvision:<arch>` are built by their library and take `pretrained` (the
 library's download, cached; see backbones.py), a torchvision weights name, or a
 local weights file; `file:<path>` loads a safetensors or state-dict file whose
 architecture is named in its metadata (`arch`) or recognised from its keys.
@@ -26,13 +26,12 @@ from torch import nn
 
 from workers.transfer import backbones, builtin, torchvision_blocks
 from workers.transfer.access import FileAccess
-from workers.transfer.builtin_tasks import DIGITS_MEAN, DIGITS_STD
 from workers.transfer.data import InputSpec
 from workers.transfer.deferred_init import build_from_weights
 from workers.transfer.errors import SourceModelError
 from workers.transfer.weights import StateDict, load_weights, state_dict_hash
 
-DIGITS_INPUT = InputSpec(channels=1, size=8, mean=(DIGITS_MEAN,), std=(DIGITS_STD,))
+DIGITS_INPUT = builtin.SOURCES[builtin.ARCH].input_spec
 
 
 @dataclass
@@ -243,12 +242,12 @@ def _file_key(path: Path, shown: str) -> tuple:
 
 
 def _load_builtin(uri: str, cache_dir: Path) -> SourceModel:
-    if uri != builtin.ARCH:
+    if uri not in builtin.SOURCES:
         raise SourceModelError(
-            f"unknown built-in model {uri!r}; the built-in one is {builtin.ARCH}"
+            f"unknown built-in model {uri!r}; the built-in ones are {', '.join(builtin.SOURCES)}"
         )
-    state, digest = builtin.load_or_pretrain(cache_dir)
-    return _from_digits_cnn(uri, state, digest)
+    state, digest = builtin.load_or_pretrain(cache_dir, uri)
+    return _from_digits_cnn(uri, state, digest, arch=uri)
 
 
 def _load_file(uri: str, path: Path, shown: str) -> SourceModel:
@@ -256,8 +255,8 @@ def _load_file(uri: str, path: Path, shown: str) -> SourceModel:
     arch = metadata.get("arch") or metadata.get("tunefleet.arch")
     if arch is None and _matches(builtin.DigitsCNN(), state):
         arch = builtin.ARCH
-    if arch == builtin.ARCH:
-        return _from_digits_cnn(uri, state, state_dict_hash(state))
+    if arch in builtin.SOURCES:
+        return _from_digits_cnn(uri, state, state_dict_hash(state), arch=arch)
     if arch and arch.startswith("torchvision:"):
         return _from_torchvision(uri, arch.partition(":")[2], state)
     advice = (
@@ -301,15 +300,16 @@ def _load_without_classifier(
         )
 
 
-def _from_digits_cnn(uri: str, state: StateDict, digest: str) -> SourceModel:
+def _from_digits_cnn(uri: str, state: StateDict, digest: str, *, arch: str) -> SourceModel:
+    """A built-in source's network (`arch`: which one, for its input) holding `state`."""
     model = builtin.DigitsCNN()
     _load_without_classifier(model, state, "fc", uri)
     model.eval()
     return SourceModel(
         uri=uri,
-        arch=builtin.ARCH,
+        arch=arch,
         content_hash=digest,
-        input_spec=DIGITS_INPUT,
+        input_spec=builtin.SOURCES[arch].input_spec,
         feature_dim=model.fc.in_features,
         _stages=nn.ModuleList([model.stem, model.block1, model.block2, model.block3]),
         _post=model.pool,
