@@ -22,6 +22,7 @@ warm start reuses).
     .venv/bin/python -m bench.search_quality [--tiny] [--seeds S] [--first-seed F]
         [--trials T] [--epochs E] [--dataset D] [--warm-from D] [--cache-dir DIR]
         [--jobs J]
+    .venv/bin/python -m bench.search_quality --combine A.json B.json   # seeds of both
 
 Training time is the engine's fine_tune (up to the epoch that pruned a trial),
 without loading the data and model or scoring the test split. A run that never
@@ -37,6 +38,7 @@ configuration and how much a lucky seed.
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import shutil
 import statistics
@@ -346,6 +348,150 @@ def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
     return per_threshold
 
 
+def summarise(
+    config: dict,
+    runs: dict[str, list[list[dict]]],
+    priors: list[list[dict]],
+    observed_counts: list[int],
+    *,
+    spreads: list[dict],
+    wall: float,
+) -> dict:
+    """The results file's body: every run's log, and the figures measured on them against
+    the best accuracy any run found."""
+    best = max(
+        e["accuracy"] for logs in runs.values() for log in logs for e in log if e["accuracy"]
+    )
+    random_accuracies = [
+        e["accuracy"] for log in runs["random_nopruning"] for e in log if e["accuracy"] is not None
+    ]
+    discrimination = {
+        "random_median_accuracy": statistics.median(random_accuracies),
+        "best_accuracy_any_run": best,
+        "ratio": statistics.median(random_accuracies) / best,
+        "target": "<= 0.80",
+    }
+    summary_arms = {
+        arm: {
+            "best_accuracy": statistics.median(
+                max((e["accuracy"] or 0.0) for e in log) for log in runs[arm]
+            ),
+            "total_seconds_median": statistics.median(
+                sum(e["seconds"] for e in log) for log in runs[arm]
+            ),
+            "train_seconds_median": statistics.median(
+                sum(e["train_seconds"] for e in log) for log in runs[arm]
+            ),
+            "pruned_fraction": sum(e["state"] == "PRUNED" for log in runs[arm] for e in log)
+            / sum(len(log) for log in runs[arm]),
+        }
+        for arm in ARMS
+    }
+    return {
+        "config": config,
+        "wall_seconds": wall,
+        "best_accuracy_any_run": best,
+        "discrimination": discrimination,
+        # One per run of the benchmark (several when results were combined).
+        "best_configuration_seed_spread": spreads[0] if len(spreads) == 1 else spreads,
+        "thresholds": threshold_costs(runs, best),
+        "arms": summary_arms,
+        "observations_per_run": observed_counts,
+        "prior_train_seconds_median": statistics.median(
+            sum(e["train_seconds"] for e in log) for log in priors
+        ),
+        "trials": runs,
+        "priors": priors,
+    }
+
+
+def combine(paths: list[Path]) -> dict:
+    """Results files of the same task and settings on other seeds, as one run of them all:
+    the best any run found, the thresholds and every ratio measured over all their runs."""
+    bodies = [json.loads(Path(path).read_text()) for path in paths]
+    keys = ("dataset", "warm_from", "source_model", "trials_per_run", "epochs", "search_space")
+    first = bodies[0]["config"]
+    for path, body in zip(paths, bodies, strict=True):
+        differ = [k for k in keys if body["config"].get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"{path}: not the same benchmark ({', '.join(differ)} differ)")
+    seeds = [
+        seed
+        for body in bodies
+        for seed in range(
+            body["config"]["first_seed"], body["config"]["first_seed"] + body["config"]["seeds"]
+        )
+    ]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the files share seeds ({sorted(seeds)}): combine other seeds")
+    config = {
+        **first,
+        "seeds": len(seeds),
+        "seed_list": seeds,
+        "combined_from": [str(p) for p in paths],
+    }
+    spreads = []
+    for body in bodies:
+        spread = body["best_configuration_seed_spread"]
+        spreads.extend(spread if isinstance(spread, list) else [spread])
+    return summarise(
+        config,
+        {arm: [log for body in bodies for log in body["trials"][arm]] for arm in ARMS},
+        [prior for body in bodies for prior in body["priors"]],
+        [n for body in bodies for n in body["observations_per_run"]],
+        spreads=spreads,
+        wall=sum(body["wall_seconds"] for body in bodies),
+    )
+
+
+def report(results: dict) -> None:
+    """The summary table and the ratios, as the benchmark prints them."""
+    per_threshold, summary_arms = results["thresholds"], results["arms"]
+    best, discrimination = results["best_accuracy_any_run"], results["discrimination"]
+    observed_counts = results["observations_per_run"]
+    spreads = results["best_configuration_seed_spread"]
+    rows = []
+    for threshold, out in per_threshold.items():
+        for arm in ARMS:
+            a = out["arms"][arm]
+            rows.append(
+                [
+                    f"{float(threshold):.0%} of {best:.3f}",
+                    arm,
+                    f"{a['reached']}/{a['runs']}",
+                    a["median_trials"],
+                    a["median_seconds"],
+                ]
+            )
+    print(table(["target", "arm", "reached", "median trials", "median train s"], rows))
+    for threshold, out in per_threshold.items():
+        print(
+            f"{float(threshold):.0%}: TPE+HB/random train time "
+            f"{out['ratio_seconds_tpe_over_random']:.2f}x (target <= 0.35), warm/cold "
+            f"{out['ratio_seconds_warm_over_cold']:.2f}x, warm+observe/cold "
+            f"{out['ratio_seconds_observe_over_cold']:.2f}x (target <= 0.30)"
+        )
+    print(f"observations given to the warm+observe arm's sampler per run: {observed_counts}")
+    for arm, summary in summary_arms.items():
+        print(
+            f"{arm}: median best {summary['best_accuracy']:.3f}, median run "
+            f"{summary['train_seconds_median']:.1f} s training "
+            f"({summary['total_seconds_median']:.1f} s in all), "
+            f"pruned {summary['pruned_fraction']:.0%}"
+        )
+    print(
+        f"discrimination: random's median {discrimination['random_median_accuracy']:.3f} / "
+        f"best {best:.3f} = {discrimination['ratio']:.2f} (target <= 0.80); "
+        f"wall {results['wall_seconds']:.0f} s"
+    )
+    for spread in spreads if isinstance(spreads, list) else [spreads]:
+        print(
+            f"its best configuration over {len(spread['accuracies'])} other seeds: "
+            f"{spread['mean']:.3f} on average, sd {spread['stdev']:.3f}, "
+            f"{spread['min']:.3f}-{spread['max']:.3f}"
+        )
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=None, help="runs per arm (default 5)")
@@ -374,7 +520,20 @@ def main() -> None:
         "pretrain them in the run's own folder)",
     )
     p.add_argument("--jobs", type=int, default=1, help="seeds run side by side, one process each")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="measure results files of other seeds (same task and settings) as one run: "
+        "runs nothing",
+    )
     args = p.parse_args()
+    if args.combine:
+        results = combine(args.combine)
+        write_results("search_quality", results, args)
+        report(results)
+        return
     args.warm_from = args.warm_from or f"{args.dataset}-s1"
     args.source_model = args.source_model or SOURCE_FOR.get(args.dataset, "builtin:digits-cnn")
     apply_threads(args)
@@ -431,101 +590,24 @@ def main() -> None:
             source_model=args.source_model,
         )
     wall = time.perf_counter() - started
-
-    best = best_trial["accuracy"]
-    random_accuracies = [
-        e["accuracy"] for log in runs["random_nopruning"] for e in log if e["accuracy"] is not None
-    ]
-    discrimination = {
-        "random_median_accuracy": statistics.median(random_accuracies),
-        "best_accuracy_any_run": best,
-        "ratio": statistics.median(random_accuracies) / best,
-        "target": "<= 0.80",
+    config = {
+        "dataset": args.dataset,
+        "warm_from": args.warm_from,
+        "source_model": args.source_model,
+        "top_k": TOP_K,
+        "seeds": seeds,
+        "first_seed": args.first_seed,
+        "jobs": args.jobs,
+        "trials_per_run": trials,
+        "epochs": epochs,
+        "search_space": SEARCH_SPACE,
+        "device": "cpu",
+        "tpe": "TPESampler(seed, multivariate=True)",
+        "hyperband": f"HyperbandPruner(min_resource=1, max_resource={epochs}, reduction_factor=3)",
     }
-    per_threshold = threshold_costs(runs, best)
-    summary_arms = {
-        arm: {
-            "best_accuracy": statistics.median(
-                max((e["accuracy"] or 0.0) for e in log) for log in runs[arm]
-            ),
-            "total_seconds_median": statistics.median(
-                sum(e["seconds"] for e in log) for log in runs[arm]
-            ),
-            "train_seconds_median": statistics.median(
-                sum(e["train_seconds"] for e in log) for log in runs[arm]
-            ),
-            "pruned_fraction": sum(e["state"] == "PRUNED" for log in runs[arm] for e in log)
-            / sum(len(log) for log in runs[arm]),
-        }
-        for arm in ARMS
-    }
-    results = {
-        "config": {
-            "dataset": args.dataset,
-            "warm_from": args.warm_from,
-            "source_model": args.source_model,
-            "top_k": TOP_K,
-            "seeds": seeds,
-            "first_seed": args.first_seed,
-            "jobs": args.jobs,
-            "trials_per_run": trials,
-            "epochs": epochs,
-            "search_space": SEARCH_SPACE,
-            "device": "cpu",
-            "tpe": "TPESampler(seed, multivariate=True)",
-            "hyperband": f"HyperbandPruner(min_resource=1, max_resource={epochs}, "
-            "reduction_factor=3)",
-        },
-        "wall_seconds": wall,
-        "best_accuracy_any_run": best,
-        "discrimination": discrimination,
-        "best_configuration_seed_spread": spread,
-        "thresholds": per_threshold,
-        "arms": summary_arms,
-        "observations_per_run": observed_counts,
-        "prior_train_seconds_median": statistics.median(
-            sum(e["train_seconds"] for e in log) for log in priors
-        ),
-        "trials": runs,
-        "priors": priors,
-    }
+    results = summarise(config, runs, priors, observed_counts, spreads=[spread], wall=wall)
     write_results("search_quality", results, args)
-    rows = []
-    for threshold, out in per_threshold.items():
-        for arm in ARMS:
-            a = out["arms"][arm]
-            rows.append(
-                [
-                    f"{float(threshold):.0%} of {best:.3f}",
-                    arm,
-                    f"{a['reached']}/{a['runs']}",
-                    a["median_trials"],
-                    a["median_seconds"],
-                ]
-            )
-    print(table(["target", "arm", "reached", "median trials", "median train s"], rows))
-    for threshold, out in per_threshold.items():
-        print(
-            f"{float(threshold):.0%}: TPE+HB/random train time "
-            f"{out['ratio_seconds_tpe_over_random']:.2f}x (target <= 0.35), warm/cold "
-            f"{out['ratio_seconds_warm_over_cold']:.2f}x, warm+observe/cold "
-            f"{out['ratio_seconds_observe_over_cold']:.2f}x (target <= 0.30)"
-        )
-    print(f"observations given to the warm+observe arm's sampler per run: {observed_counts}")
-    for arm, summary in summary_arms.items():
-        print(
-            f"{arm}: median best {summary['best_accuracy']:.3f}, median run "
-            f"{summary['train_seconds_median']:.1f} s training "
-            f"({summary['total_seconds_median']:.1f} s in all), "
-            f"pruned {summary['pruned_fraction']:.0%}"
-        )
-    print(
-        f"discrimination: random's median {discrimination['random_median_accuracy']:.3f} / "
-        f"best {best:.3f} = {discrimination['ratio']:.2f} (target <= 0.80); the best "
-        f"configuration over {len(spread['accuracies'])} other seeds: mean {spread['mean']:.3f}, "
-        f"sd {spread['stdev']:.3f}, {spread['min']:.3f}-{spread['max']:.3f}; "
-        f"wall {wall:.0f} s"
-    )
+    report(results)
 
 
 if __name__ == "__main__":
