@@ -25,7 +25,10 @@ warm start reuses).
     .venv/bin/python -m bench.search_quality --combine A.json B.json   # seeds of both
 
 Training time is the engine's fine_tune (up to the epoch that pruned a trial),
-without loading the data and model or scoring the test split. A run that never
+without loading the data and model or scoring the test split, as the CPU time of
+its process (one torch thread unless --threads): what it takes on a core of its
+own, which another process's load on the machine does not inflate as it does
+the wall time (that doubled some runs' wall time beside a second benchmark). A run that never
 reaches the target counts with its whole budget (and `reached` says how many
 runs did). Ratios are training time of one arm over another: below 1 means the
 first needs less. `discrimination` is the task's own measurement: the median
@@ -72,6 +75,12 @@ ARMS = ("random_nopruning", "tpe_hyperband", "tpe_hyperband_warm", "tpe_hyperban
 WARM_ARMS = ("tpe_hyperband_warm", "tpe_hyperband_warm_observe")
 TOP_K = 5
 SOURCE_FOR = {"builtin:glyphs": "builtin:glyphs-cnn", "builtin:glyphs-s1": "builtin:glyphs-cnn"}
+# Random trials before TPE models: under Hyperband, Optuna's TPE sees only the trials of
+# the asking trial's bracket, so its default of 10 is 10 per bracket (20 of a 30-trial run
+# with 8 epochs, min_resource 1 and reduction factor 3: two brackets). 5 per bracket: its
+# 10 over the two (docs/benchmarks.md 4c measures 2 to 5).
+TPE_STARTUP = 5
+TRAIN_CLOCK = "process CPU time of fine_tune"
 SPREAD_SEED = 999_000  # training seeds of the best configuration's repeats: no run's seeds
 SEARCH_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 3e-1, "log": True},
@@ -108,14 +117,18 @@ def run_study(
     warm: list[tuple[dict, str]] = (),
     observed: list[optuna.trial.FrozenTrial] = (),
     storage: BaseStorage | None = None,
+    tpe_startup: int = TPE_STARTUP,
+    min_resource: int = 1,
 ) -> tuple[list[dict], optuna.Study]:
     """One study and its log: per trial its state, accuracy (None when pruned), seconds,
     params and, for an enqueued one, where it came from. `warm` (params, origin) run
     first; TPE reads `observed` besides the study's own trials."""
     if arm.startswith("tpe_hyperband"):
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=tpe_startup
+        )
         pruner = optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=epochs, reduction_factor=3
+            min_resource=min_resource, max_resource=epochs, reduction_factor=3
         )
         if observed:
             sampler = ObservingSampler(sampler, list(observed))
@@ -160,7 +173,7 @@ def run_study(
         # run_trial's three steps, so that the training (fine_tune, pruned or not) is
         # timed apart from loading and from scoring the test split.
         prepared = prepare_trial(assignment, device="cpu", cache_dir=dirs / "cache")
-        training = time.perf_counter()
+        training = time.process_time()
         try:
             fit = fine_tune(
                 prepared.model,
@@ -172,11 +185,11 @@ def run_study(
             )
         except TrialPruned:
             entry.update(
-                state="PRUNED", accuracy=None, train_seconds=time.perf_counter() - training
+                state="PRUNED", accuracy=None, train_seconds=time.process_time() - training
             )
             log.append(_finished(entry, started, epochs_ran, trial.params))
             raise optuna.TrialPruned() from None
-        entry["train_seconds"] = time.perf_counter() - training
+        entry["train_seconds"] = time.process_time() - training
         result = finish_trial(prepared, fit, artifact_dir=dirs / "artifacts")
         accuracy = result.values["accuracy"]
         entry.update(state="COMPLETE", accuracy=accuracy)
@@ -194,14 +207,16 @@ def _finished(entry: dict, started: float, epochs: int, params: dict) -> dict:
 
 
 def cost_to_reach(log: list[dict], target: float) -> dict:
-    """Trials and training seconds up to the first trial at or above target (the whole run
-    if none)."""
-    seconds = 0.0
+    """Trials, training seconds and epochs trained up to the first trial at or above target
+    (the whole run if none). A seed's trials and epochs do not depend on the machine's
+    load; its seconds do, a little."""
+    seconds, epochs = 0.0, 0
     for index, entry in enumerate(log, start=1):
         seconds += entry["train_seconds"]
+        epochs += entry["epochs"]
         if entry["accuracy"] is not None and entry["accuracy"] >= target:
-            return {"reached": True, "trials": index, "seconds": seconds}
-    return {"reached": False, "trials": len(log), "seconds": seconds}
+            return {"reached": True, "trials": index, "seconds": seconds, "epochs": epochs}
+    return {"reached": False, "trials": len(log), "seconds": seconds, "epochs": epochs}
 
 
 def seed_spread(
@@ -278,6 +293,8 @@ def run_seed(
     warm_from: str,
     source_model: str,
     threads: int,
+    tpe_startup: int = TPE_STARTUP,
+    min_resource: int = 1,
 ) -> tuple[list[dict], int, dict[str, list[dict]]]:
     """One seed: the prior study on the related variant, then every arm on the task;
     returns the prior's log, how many observations it gave, and each arm's log."""
@@ -296,6 +313,8 @@ def run_seed(
         dataset=warm_from,
         source_model=source_model,
         storage=storage,
+        tpe_startup=tpe_startup,
+        min_resource=min_resource,
     )
     warm = warm_configurations(prior, name=f"prior-{seed}")
     observed = prior_observations(storage, prior_study, name=f"prior-{seed}")
@@ -311,6 +330,8 @@ def run_seed(
             source_model=source_model,
             warm=warm if arm in WARM_ARMS else (),
             observed=observed if arm == "tpe_hyperband_warm_observe" else (),
+            tpe_startup=tpe_startup,
+            min_resource=min_resource,
         )
     return prior, len(observed), logs
 
@@ -327,6 +348,7 @@ def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
                 "runs": len(costs),
                 "median_trials": statistics.median(c["trials"] for c in costs),
                 "median_seconds": statistics.median(c["seconds"] for c in costs),
+                "median_epochs": statistics.median(c["epochs"] for c in costs),
                 "per_run": costs,
             }
         rnd, cold = arms_out["random_nopruning"], arms_out["tpe_hyperband"]
@@ -343,6 +365,11 @@ def threshold_costs(runs: dict[str, list[list[dict]]], best: float) -> dict:
             ),
             "ratio_trials_observe_over_cold": ratio(
                 observe["median_trials"], cold["median_trials"]
+            ),
+            "ratio_epochs_tpe_over_random": ratio(cold["median_epochs"], rnd["median_epochs"]),
+            "ratio_epochs_warm_over_cold": ratio(warm["median_epochs"], cold["median_epochs"]),
+            "ratio_epochs_observe_over_cold": ratio(
+                observe["median_epochs"], cold["median_epochs"]
             ),
         }
     return per_threshold
@@ -409,7 +436,17 @@ def combine(paths: list[Path]) -> dict:
     """Results files of the same task and settings on other seeds, as one run of them all:
     the best any run found, the thresholds and every ratio measured over all their runs."""
     bodies = [json.loads(Path(path).read_text()) for path in paths]
-    keys = ("dataset", "warm_from", "source_model", "trials_per_run", "epochs", "search_space")
+    keys = (
+        "dataset",
+        "warm_from",
+        "source_model",
+        "trials_per_run",
+        "epochs",
+        "search_space",
+        "tpe",
+        "hyperband",
+        "train_clock",
+    )
     first = bodies[0]["config"]
     for path, body in zip(paths, bodies, strict=True):
         differ = [k for k in keys if body["config"].get(k) != first.get(k)]
@@ -460,16 +497,21 @@ def report(results: dict) -> None:
                     arm,
                     f"{a['reached']}/{a['runs']}",
                     a["median_trials"],
+                    a["median_epochs"],
                     a["median_seconds"],
                 ]
             )
-    print(table(["target", "arm", "reached", "median trials", "median train s"], rows))
+    headers = ["target", "arm", "reached", "median trials", "median epochs", "median train s"]
+    print(table(headers, rows))
     for threshold, out in per_threshold.items():
         print(
             f"{float(threshold):.0%}: TPE+HB/random train time "
             f"{out['ratio_seconds_tpe_over_random']:.2f}x (target <= 0.35), warm/cold "
             f"{out['ratio_seconds_warm_over_cold']:.2f}x, warm+observe/cold "
-            f"{out['ratio_seconds_observe_over_cold']:.2f}x (target <= 0.30)"
+            f"{out['ratio_seconds_observe_over_cold']:.2f}x (target <= 0.30); epochs trained: "
+            f"{out['ratio_epochs_tpe_over_random']:.2f}x, "
+            f"{out['ratio_epochs_warm_over_cold']:.2f}x, "
+            f"{out['ratio_epochs_observe_over_cold']:.2f}x"
         )
     print(f"observations given to the warm+observe arm's sampler per run: {observed_counts}")
     for arm, summary in summary_arms.items():
@@ -519,6 +561,13 @@ def main() -> None:
         help="a cache holding the pretrained built-in source models (copied; default: "
         "pretrain them in the run's own folder)",
     )
+    p.add_argument(
+        "--tpe-startup",
+        type=int,
+        default=TPE_STARTUP,
+        help=f"TPE's random startup trials, per Hyperband bracket (default {TPE_STARTUP})",
+    )
+    p.add_argument("--min-resource", type=int, default=1, help="Hyperband's min_resource in epochs")
     p.add_argument("--jobs", type=int, default=1, help="seeds run side by side, one process each")
     p.add_argument(
         "--combine",
@@ -562,6 +611,8 @@ def main() -> None:
             "warm_from": args.warm_from,
             "source_model": args.source_model,
             "threads": args.threads,
+            "tpe_startup": args.tpe_startup,
+            "min_resource": args.min_resource,
         }
         order = range(args.first_seed, args.first_seed + seeds)
         if args.jobs > 1:
@@ -602,8 +653,10 @@ def main() -> None:
         "epochs": epochs,
         "search_space": SEARCH_SPACE,
         "device": "cpu",
-        "tpe": "TPESampler(seed, multivariate=True)",
-        "hyperband": f"HyperbandPruner(min_resource=1, max_resource={epochs}, reduction_factor=3)",
+        "train_clock": TRAIN_CLOCK,
+        "tpe": f"TPESampler(seed, multivariate=True, n_startup_trials={args.tpe_startup})",
+        "hyperband": f"HyperbandPruner(min_resource={args.min_resource}, "
+        f"max_resource={epochs}, reduction_factor=3)",
     }
     results = summarise(config, runs, priors, observed_counts, spreads=[spread], wall=wall)
     write_results("search_quality", results, args)

@@ -84,13 +84,15 @@ def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> Non
     cache = pretrained_source_models()
     builtin.load_or_pretrain(cache, builtin.GLYPHS_ARCH)  # once per test run, shared
     body = run_benchmark(
-        [*module("search_quality"), "--cache-dir", str(cache), "--jobs", "2"], tmp_path
+        [*module("search_quality"), "--cache-dir", str(cache), "--jobs", "2", "--tpe-startup", "1"],
+        tmp_path,
     )
     assert 0 < body["best_accuracy_any_run"] <= 1
     assert body["config"]["dataset"] == "builtin:glyphs"
     assert body["config"]["warm_from"] == "builtin:glyphs-s1"
     assert body["config"]["source_model"] == "builtin:glyphs-cnn"
     assert body["config"]["jobs"] == 2  # seeds in two processes, gathered in seed order
+    assert body["config"]["tpe"] == "TPESampler(seed, multivariate=True, n_startup_trials=1)"
     assert [log[0]["warm_start_from"] for log in body["trials"]["tpe_hyperband_warm"]] == [
         f"prior-{seed}/{number}"
         for seed, prior in enumerate(body["priors"])
@@ -106,6 +108,8 @@ def test_search_quality_reports_trials_and_time_to_target(tmp_path: Path) -> Non
         for arm in out["arms"].values():
             assert arm["runs"] == body["config"]["seeds"]
             assert positive(arm["median_trials"]) and positive(arm["median_seconds"])
+            # Epochs trained up to the target: one a trial at --tiny (1 epoch).
+            assert arm["median_epochs"] == arm["median_trials"]
         assert positive(out["ratio_seconds_tpe_over_random"])
         assert positive(out["ratio_seconds_warm_over_cold"])
         assert positive(out["ratio_seconds_observe_over_cold"])

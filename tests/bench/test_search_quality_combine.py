@@ -35,6 +35,7 @@ def results_file(path: Path, first_seed: int, logs: dict[str, list[list[dict]]])
             "trials_per_run": 2,
             "epochs": 8,
             "search_space": {"lr": {}},
+            "train_clock": "process CPU time of fine_tune",
             "first_seed": first_seed,
             "seeds": seeds,
         },
@@ -67,6 +68,11 @@ def test_combined_runs_are_measured_against_the_best_of_all(tmp_path: Path) -> N
     cold = at99["arms"]["tpe_hyperband"]
     assert cold["reached"] == 0 and cold["median_seconds"] == 4.0  # whole runs: 4 s each
     assert at99["ratio_seconds_tpe_over_random"] == pytest.approx(4.0 / 5.0)
+    # Epochs trained to the target, 8 a trial here: random 16 and 16, cold 16 and 16 (whole).
+    assert [c["epochs"] for c in random["per_run"]] == [16, 16]
+    assert at99["ratio_epochs_tpe_over_random"] == pytest.approx(1.0)
+    warm = at99["arms"]["tpe_hyperband_warm"]
+    assert warm["median_epochs"] == 16 and at99["ratio_epochs_warm_over_cold"] == 1.0
     # The random arm's completed trials: 0.9, 0.8, 0.5, 0.99; median 0.85 over the best.
     assert results["discrimination"]["ratio"] == pytest.approx(0.85 / 0.99)
     assert len(results["best_configuration_seed_spread"]) == 2
@@ -85,3 +91,10 @@ def test_results_of_the_same_seeds_or_another_task_are_refused(tmp_path: Path) -
     other.write_text(json.dumps(body))
     with pytest.raises(SystemExit, match="dataset"):
         combine([a, other])
+    # Runs with another sampler or pruner setting measure another search: refused too.
+    tuned = results_file(tmp_path / "tuned.json", 5, logs)
+    body = json.loads(tuned.read_text())
+    body["config"]["tpe"] = "TPESampler(seed, multivariate=True, n_startup_trials=5)"
+    tuned.write_text(json.dumps(body))
+    with pytest.raises(SystemExit, match="tpe"):
+        combine([a, tuned])
