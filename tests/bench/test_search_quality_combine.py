@@ -85,16 +85,16 @@ def test_results_of_the_same_seeds_or_another_task_are_refused(tmp_path: Path) -
     again = results_file(tmp_path / "again.json", 0, logs)
     with pytest.raises(SystemExit, match="share seeds"):
         combine([a, again])
-    other = results_file(tmp_path / "other.json", 5, logs)
-    body = json.loads(other.read_text())
-    body["config"]["dataset"] = "builtin:digits-shifted"
-    other.write_text(json.dumps(body))
-    with pytest.raises(SystemExit, match="dataset"):
-        combine([a, other])
-    # Runs with another sampler or pruner setting measure another search: refused too.
-    tuned = results_file(tmp_path / "tuned.json", 5, logs)
-    body = json.loads(tuned.read_text())
-    body["config"]["tpe"] = "TPESampler(seed, multivariate=True, n_startup_trials=5)"
-    tuned.write_text(json.dumps(body))
-    with pytest.raises(SystemExit, match="tpe"):
-        combine([a, tuned])
+    # Another task, or another sampler or pruner setting, or another clock: another search.
+    for key, value in (
+        ("dataset", "builtin:digits-shifted"),
+        ("tpe", "TPESampler(seed, multivariate=True, n_startup_trials=5)"),
+        ("hyperband", "HyperbandPruner(min_resource=2, max_resource=8, reduction_factor=3)"),
+        ("train_clock", None),  # a file of before the clock was CPU time
+    ):
+        other = results_file(tmp_path / f"other-{key}.json", 5, logs)
+        body = json.loads(other.read_text())
+        body["config"][key] = value
+        other.write_text(json.dumps(body))
+        with pytest.raises(SystemExit, match=key):
+            combine([a, other])
