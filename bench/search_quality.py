@@ -27,8 +27,9 @@ warm start reuses).
 Training time is the engine's fine_tune (up to the epoch that pruned a trial),
 without loading the data and model or scoring the test split, as the CPU time of
 its process (one torch thread unless --threads): what it takes on a core of its
-own, which another process's load on the machine does not inflate as it does
-the wall time (that doubled some runs' wall time beside a second benchmark). A run that never
+own, which another process's load does not inflate as it does the wall time
+(doubled beside a second benchmark). Epochs trained are reported too: a seed's
+trials, and so its epochs, do not depend on the machine. A run that never
 reaches the target counts with its whole budget (and `reached` says how many
 runs did). Ratios are training time of one arm over another: below 1 means the
 first needs less. `discrimination` is the task's own measurement: the median
