@@ -137,3 +137,40 @@ def test_distributions_match_the_search_space() -> None:
     assert space["dropout"] == optuna.distributions.FloatDistribution(0.0, 0.5, step=0.1)
     assert space["head_depth"] == optuna.distributions.IntDistribution(1, 4)
     assert space["activation"] == optuna.distributions.CategoricalDistribution(["relu", "gelu"])
+
+
+@pytest.mark.parametrize("for_leases", [False, True])
+def test_tpe_under_hyperband_counts_its_startup_trials_over_every_bracket(
+    for_leases: bool,
+) -> None:
+    """Hyperband hands the sampler a view of the asking trial's bracket, but TPE reads the
+    study's trials past it: its random startup ends after n_startup_trials of the whole
+    study, not of each bracket (what the README's advice on n_startup_trials rests on)."""
+    spec = make_spec(
+        sampler={"type": "tpe", "seed": 0, "n_startup_trials": 3},
+        pruner={"type": "hyperband"},
+        budget={"epochs": 8},
+    )
+    storage = optuna.storages.InMemoryStorage()
+    create_optuna_study(storage, name="brackets", spec=spec, study_key=1)
+    study = load_optuna_study(storage, name="brackets", spec=spec, for_leases=for_leases)
+    random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = search.distributions(spec)
+    brackets, drawn_like_random = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(6):
+            trial, twin = study.ask(space), random.ask(space)
+            score = -abs(trial.params["lr"] - 0.01)
+            trial.report(score, 1)
+            trial.should_prune()  # as a worker's first epoch does: Hyperband sets up here
+            frozen = storage.get_trial(trial._trial_id)
+            brackets.append(study.pruner._get_bracket_id(study, frozen))
+            drawn_like_random.append(trial.params == twin.params)
+            study.tell(trial, score)
+            random.tell(twin, 0.0)
+    assert study.pruner._n_brackets == 2
+    # The fourth trial's bracket had fewer than 3 trials before it: a per-bracket count
+    # would still draw it at random.
+    assert brackets[:3].count(brackets[3]) < 3, brackets
+    assert drawn_like_random[:4] == [True, True, True, False]
